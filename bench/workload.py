@@ -1,0 +1,80 @@
+"""Seeded, realistic log entries for the benchmarks.
+
+Mixed levels, 60-160 character messages, 3-8 metadata keys, about 500 bytes
+an entry as JSON; most entries carry a trace_id shared by a few neighbours.
+"""
+import random
+import uuid
+from datetime import datetime, timedelta, timezone
+
+SERVICES = ["api", "web", "worker", "billing", "auth", "search"]
+LEVELS = ["debug"] * 20 + ["info"] * 60 + ["warn"] * 12 + ["error"] * 7 + ["critical"]
+WORDS = ("request user order payment cache timeout retry connection database query "
+         "handler session token upstream response latency queue job worker batch "
+         "invoice account profile image upload download index shard replica").split()
+TEMPLATES = [
+    "GET /api/v1/{w}/{n} completed with status {s} in {d} ms for user {u}",
+    "Processing {w} {n} for account {u}: {w2} step finished after {d} ms",
+    "Failed to connect to {w} at 10.0.{a}.{b}:5432 after {n} retries, giving up",
+    "Cache miss for key {w}:{n}:{w2}, falling back to {w} lookup ({d} ms)",
+    "User {u} updated {w} settings; {n} fields changed, {w2} notification queued",
+    "Job {j} of type {w} picked by worker-{a} with priority {n} and payload {w2}",
+    "Slow query on {w} table took {d} ms, rows scanned {n}, plan uses {w2} index",
+]
+
+
+def _message(rng):
+    text = rng.choice(TEMPLATES).format(
+        w=rng.choice(WORDS), w2=rng.choice(WORDS), n=rng.randint(1, 99999),
+        s=rng.choice([200, 201, 204, 400, 404, 500]), d=rng.randint(1, 5000),
+        u=rng.randint(1000, 99999), a=rng.randint(0, 255), b=rng.randint(0, 255),
+        j=uuid.UUID(int=rng.getrandbits(128)).hex[:12])
+    while len(text) < 60:
+        text += " " + rng.choice(WORDS)
+    return text[:160]
+
+
+def _metadata(rng):
+    keys = ["http_method", "route", "status", "duration_ms", "region", "pod",
+            "request_id", "attempt"]
+    chosen = rng.sample(keys, rng.randint(3, 8))
+    values = {
+        "http_method": lambda: rng.choice(["GET", "POST", "PUT", "DELETE"]),
+        "route": lambda: "/api/v1/" + rng.choice(WORDS) + "/{id}",
+        "status": lambda: rng.choice([200, 201, 204, 400, 404, 500]),
+        "duration_ms": lambda: round(rng.uniform(0.5, 900.0), 2),
+        "region": lambda: rng.choice(["eu-west-1", "us-east-1", "ap-south-1"]),
+        "pod": lambda: "pod-" + uuid.UUID(int=rng.getrandbits(128)).hex[:10],
+        "request_id": lambda: str(uuid.UUID(int=rng.getrandbits(128))),
+        "attempt": lambda: rng.randint(1, 5),
+    }
+    return {key: values[key]() for key in chosen}
+
+
+def entries(count, seed=42, start=None, span_s=3600):
+    """Yield `count` entry dicts with timestamps spread over `span_s` seconds."""
+    rng = random.Random(seed)
+    start = start or datetime.now(timezone.utc) - timedelta(seconds=span_s)
+    trace_id, trace_left = None, 0
+    for i in range(count):
+        if trace_left == 0:
+            trace_id = uuid.UUID(int=rng.getrandbits(128)).hex if rng.random() < 0.7 else None
+            trace_left = rng.randint(1, 12)
+        trace_left -= 1
+        ts = start + timedelta(seconds=span_s * i / max(count, 1))
+        entry = {
+            "timestamp": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": rng.choice(LEVELS),
+            "service": rng.choice(SERVICES),
+            "message": _message(rng),
+            "metadata": _metadata(rng),
+            "host": "host-%d" % rng.randint(1, 8),
+            "environment": "production",
+            "release": "1.4.%d" % rng.randint(0, 9),
+        }
+        if trace_id:
+            entry["trace_id"] = trace_id
+            entry["span_id"] = uuid.UUID(int=rng.getrandbits(128)).hex[:16]
+        if rng.random() < 0.3:
+            entry["user_id"] = "user-%d" % rng.randint(1, 50000)
+        yield entry

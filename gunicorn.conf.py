@@ -1,0 +1,62 @@
+"""Gunicorn settings, all derived from the sidecar's settings table (SIDECAR_* variables)."""
+import signal
+import sys
+
+from sidecar.settings import SettingsError, is_loopback, load_settings
+
+try:
+    _settings = load_settings()
+except SettingsError as _error:
+    sys.stderr.write("sidecar: {}\n".format(_error))
+    raise SystemExit(2) from None
+
+bind = "{}:{}".format(_settings["host"], _settings["port"])
+workers = _settings["workers"]
+# One writer thread per process wants threads, not processes: requests
+# validate in parallel while the writer commits (SQLite releases the GIL).
+worker_class = "gthread"
+threads = _settings["threads"]
+timeout = 60
+graceful_timeout = 30
+keepalive = 5
+accesslog = None  # the sidecar logs each request itself, as JSON, without query strings
+errorlog = "-"
+loglevel = "warning"
+wsgi_app = "sidecar:create_app()"
+
+
+def when_ready(server):
+    for listener in server.LISTENERS:
+        host = str(listener).split("://", 1)[-1].rsplit(":", 1)[0]
+        if not _settings["ingest_tokens"] and not is_loopback(host):
+            sys.stderr.write("sidecar: refusing to listen on {} without ingest tokens: set "
+                             "SIDECAR_INGEST_TOKENS\n".format(host))
+            server.halt(reason="no ingest tokens on a public address", exit_status=2)
+    from sidecar.banner import print_banner
+    print_banner(_settings, [str(listener) for listener in server.LISTENERS])
+
+
+def post_fork(server, worker):
+    # An exceeded file-size limit must fail the write (answered 503), not kill the worker.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    _limit_malloc_arenas()
+
+
+def _limit_malloc_arenas():
+    # glibc gives each request thread its own malloc arena; freed request
+    # buffers then stay resident in every arena. Two arenas keep the RSS of a
+    # worker low at no measurable cost in throughput (bench/ingest.py).
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_exit(server, worker):
+    app = getattr(worker, "wsgi", None)
+    sidecar = getattr(app, "extensions", {}).get("sidecar") if app else None
+    if sidecar is not None:
+        sidecar.close()

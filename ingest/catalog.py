@@ -1,0 +1,87 @@
+"""The catalog of segments in `meta.db`, shared by every process.
+
+Writes are short transactions under `BEGIN IMMEDIATE` with a long busy
+timeout, so several worker processes never see "database is locked".
+"""
+import os
+import sqlite3
+from contextlib import contextmanager
+
+from . import schema, segments
+
+
+def connect_meta(data_dir):
+    con = sqlite3.connect(os.path.join(data_dir, "meta.db"), isolation_level=None,
+                          check_same_thread=False, timeout=60)
+    con.execute("PRAGMA busy_timeout=60000")
+    con.execute("PRAGMA journal_mode=WAL")
+    # The segments themselves are the record; meta.db is rebuilt from them after a crash.
+    con.execute("PRAGMA synchronous=NORMAL")
+    con.row_factory = sqlite3.Row
+    return con
+
+
+def ensure_schema(con):
+    with immediate(con):
+        for statement in schema.CATALOG_TABLES.split(";"):
+            if statement.strip():
+                con.execute(statement)
+
+
+@contextmanager
+def immediate(con):
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def allocate(con, data_dir, day, created_at):
+    """Reserve the next never-used segment name for `day` and record it as open."""
+    directory = segments.segments_dir(data_dir)
+    with immediate(con):
+        seq, = con.execute("SELECT coalesce(max(seq), 0) FROM segments WHERE day = ?", (day,)).fetchone()
+        on_disk = [parsed[1] for parsed in map(segments.parse_name, os.listdir(directory))
+                   if parsed and parsed[0] == day]
+        seq = max([seq] + on_disk) + 1
+        name = segments.segment_name(day, seq)
+        con.execute("INSERT INTO segments (name, day, seq, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                    (name, day, seq, created_at, created_at))
+    return name
+
+
+def update_stats(con, name, stats, bytes_, now, closed=False):
+    with immediate(con):
+        con.execute(
+            "UPDATE segments SET row_count = ?, min_ts = ?, max_ts = ?, bytes = ?, updated_at = ?"
+            + (", closed_at = ?" if closed else "") + " WHERE name = ?",
+            (stats["row_count"], stats["min_ts"], stats["max_ts"], bytes_, now)
+            + ((now,) if closed else ()) + (name,))
+
+
+def open_segments(con):
+    return [row["name"] for row in con.execute(
+        "SELECT name FROM segments WHERE closed_at IS NULL ORDER BY day, seq")]
+
+
+def sync_with_files(con, data_dir, now):
+    """Add segment files missing from the catalog; forget rows whose file is gone."""
+    directory = segments.segments_dir(data_dir)
+    on_disk = {name for name in os.listdir(directory) if segments.parse_name(name)}
+    known = {row["name"] for row in con.execute("SELECT name FROM segments")}
+    for name in sorted(on_disk - known):
+        day, seq = segments.parse_name(name)
+        with immediate(con):
+            con.execute("INSERT OR IGNORE INTO segments (name, day, seq, created_at, updated_at) "
+                        "VALUES (?, ?, ?, ?, ?)", (name, day, seq, now, now))
+    for name in known - on_disk:
+        with immediate(con):
+            con.execute("DELETE FROM segments WHERE name = ?", (name,))
+    return sorted(on_disk - known)
+
+
+def list_segments(con):
+    return [dict(row) for row in con.execute("SELECT * FROM segments ORDER BY day, seq")]

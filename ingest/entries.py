@@ -1,0 +1,248 @@
+"""Validate one LogEntry and turn it into a row of the `logs` table.
+
+Each entry is judged on its own: `EntryError` rejects it with a message that
+says what to fix, and the rest of its batch goes on.
+"""
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import orjson
+
+LEVELS = ("debug", "info", "warn", "error", "critical")
+LEVEL_ALIASES = {
+    **{level: level for level in LEVELS},
+    "trace": "debug", "verbose": "debug", "dbg": "debug",
+    "information": "info", "informational": "info", "notice": "info", "log": "info",
+    "warning": "warn", "wrn": "warn",
+    "err": "error", "exception": "error", "severe": "error",
+    "fatal": "critical", "crit": "critical", "crt": "critical", "alert": "critical",
+    "emerg": "critical", "emergency": "critical", "panic": "critical",
+}
+STRING_FIELDS = ("trace_id", "span_id", "environment", "release", "host")
+KNOWN_FIELDS = frozenset(("timestamp", "level", "service", "message", "metadata",
+                          "user_id", "exception", "fingerprint") + STRING_FIELDS)
+
+
+class EntryError(ValueError):
+    """This entry cannot be stored; the message tells the client why."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int = 64 * 1024
+    max_metadata_bytes: int = 64 * 1024
+    max_metadata_depth: int = 20
+    max_future_s: int = 7 * 86400
+
+    @classmethod
+    def from_settings(cls, settings):
+        return cls(settings["max_message_bytes"], settings["max_metadata_bytes"],
+                   settings["max_metadata_depth"], settings["max_future_s"])
+
+
+def format_ts(moment):
+    """UTC, millisecond precision, so timestamps sort as text."""
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (
+        moment.year, moment.month, moment.day, moment.hour, moment.minute,
+        moment.second, moment.microsecond // 1000)
+
+
+def _from_epoch(number):
+    # Magnitude tells the unit: seconds until the year 5138, then ms, µs, ns.
+    magnitude = abs(number)
+    if magnitude < 1e11:
+        seconds = number
+    elif magnitude < 1e14:
+        seconds = number / 1e3
+    elif magnitude < 1e17:
+        seconds = number / 1e6
+    else:
+        seconds = number / 1e9
+    try:
+        return datetime.fromtimestamp(seconds, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise EntryError("timestamp {!r} is out of range".format(number)) from None
+
+
+def parse_timestamp(value):
+    """Return an aware UTC datetime from RFC 3339 text or epoch s/ms/µs/ns."""
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise EntryError("timestamp {!r} is not RFC 3339 (e.g. 2024-05-01T12:00:00.000Z) "
+                             "nor a number of epoch seconds, ms or ns".format(value[:64])) from None
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=timezone.utc)
+        return moment.astimezone(timezone.utc)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value != value:
+            raise EntryError("timestamp must not be NaN")
+        return _from_epoch(value)
+    raise EntryError("timestamp must be an RFC 3339 string or a number, got {}".format(type(value).__name__))
+
+
+def _truncate_utf8(text, max_bytes):
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= max_bytes:
+        return text, 0
+    return encoded[:max_bytes].decode("utf-8", "ignore"), len(encoded)
+
+
+def _depth(value):
+    """Nesting depth of dicts and lists, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _check_depth(metadata, encoded, limit):
+    # Counting brackets is C-speed and an upper bound of the depth; walk only when it may be too deep.
+    if encoded.count(b"{") + encoded.count(b"[") <= limit:
+        return
+    depth = _depth(metadata)
+    if depth > limit:
+        raise EntryError("metadata is nested {} levels deep; the limit is {}".format(depth, limit))
+
+
+def _truncate_metadata(metadata, limit):
+    """Keep whole keys while they fit; cut the first string that does not; drop the rest."""
+    kept, used, dropped = {}, 2, []
+    for key, value in metadata.items():
+        size = len(orjson.dumps({key: value})) + 1
+        if used + size <= limit:
+            kept[key] = value
+            used += size
+        elif isinstance(value, str) and used + len(key) + 64 < limit:
+            kept[key] = _truncate_utf8(value, limit - used - len(key) - 64)[0]
+            used = limit
+        else:
+            dropped.append(key)
+    return kept, dropped
+
+
+def _encode_metadata(metadata, limits, flags):
+    try:
+        encoded = orjson.dumps(metadata)
+    except (TypeError, orjson.JSONEncodeError) as error:
+        raise EntryError("metadata cannot be stored as JSON: {}".format(error)) from None
+    _check_depth(metadata, encoded, limits.max_metadata_depth)
+    if len(encoded) > limits.max_metadata_bytes:
+        kept, dropped = _truncate_metadata(metadata, limits.max_metadata_bytes)
+        flags["metadata"] = {"original_bytes": len(encoded), "dropped_keys": dropped}
+        metadata.clear()
+        metadata.update(kept)
+    return encoded
+
+
+def _optional_strings(entry):
+    values = [entry.get(field) for field in STRING_FIELDS]
+    for field, value in zip(STRING_FIELDS, values):
+        if value is not None and type(value) is not str:
+            raise EntryError("{} must be a string, got {}".format(field, type(value).__name__))
+    return values
+
+
+def _user_id(entry):
+    value = entry.get("user_id")
+    if value is None or type(value) is str:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise EntryError("user_id must be a string, got {}".format(type(value).__name__))
+
+
+def _exception(entry):
+    value = entry.get("exception")
+    if value is None:
+        return None
+    chain = value if isinstance(value, list) else [value]
+    for item in chain:
+        if not isinstance(item, dict):
+            raise EntryError("exception must be an object {type, value, stacktrace} or a list of them")
+        frames = item.get("stacktrace")
+        if frames is not None and not (isinstance(frames, list) and all(isinstance(f, dict) for f in frames)):
+            raise EntryError("exception.stacktrace must be a list of frame objects")
+    return orjson.dumps(value).decode()
+
+
+def _fingerprint(entry):
+    value = entry.get("fingerprint")
+    if value is None:
+        return None
+    if not (isinstance(value, list) and value and all(isinstance(part, str) for part in value)):
+        raise EntryError("fingerprint must be a non-empty list of strings")
+    return value
+
+
+def _metadata_with_extras(entry):
+    metadata = entry.get("metadata")
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, dict):
+        raise EntryError("metadata must be an object, got {}".format(type(metadata).__name__))
+    if not KNOWN_FIELDS.issuperset(entry):
+        # Unknown top-level fields are kept, never dropped silently.
+        for key, value in entry.items():
+            if key in KNOWN_FIELDS:
+                continue
+            if key in metadata:
+                metadata.setdefault("_extra", {})[key] = value
+            else:
+                metadata[key] = value
+    return metadata
+
+
+def to_row(entry, received_at, max_ts, limits):
+    """Return the row tuple for `entry` (columns as in schema.LOG_COLUMNS).
+
+    `received_at` is the formatted receive time, `max_ts` the formatted
+    latest timestamp accepted.
+    """
+    if not isinstance(entry, dict):
+        raise EntryError("an entry must be a JSON object, got {}".format(type(entry).__name__))
+    service = entry.get("service")
+    if not isinstance(service, str) or not service:
+        raise EntryError("service is required and must be a non-empty string")
+    message = entry.get("message")
+    if not isinstance(message, str):
+        raise EntryError("message is required and must be a string")
+    level = entry.get("level", "info")
+    if not isinstance(level, str) or level.lower() not in LEVEL_ALIASES:
+        raise EntryError("level {!r} is not one of {} (or an alias such as warning, fatal, err, trace)"
+                         .format(level, ", ".join(LEVELS)))
+    level = LEVEL_ALIASES[level.lower()]
+    stamp = entry.get("timestamp")
+    ts = received_at if stamp is None else format_ts(parse_timestamp(stamp))
+    if ts > max_ts:
+        raise EntryError("timestamp {} is more than {} s in the future".format(ts, limits.max_future_s))
+    strings = _optional_strings(entry)
+    user_id = _user_id(entry)
+    exception = _exception(entry)
+    fingerprint = _fingerprint(entry)
+    metadata = _metadata_with_extras(entry)
+    if fingerprint is not None:
+        metadata["fingerprint"] = fingerprint
+    flags = {}
+    if len(message) * 4 > limits.max_message_bytes:
+        message, original = _truncate_utf8(message, limits.max_message_bytes)
+        if original:
+            flags["message"] = {"original_bytes": original}
+    encoded = _encode_metadata(metadata, limits, flags) if metadata else None
+    if flags:
+        metadata.setdefault("_sidecar", {})["truncated"] = flags
+        encoded = orjson.dumps(metadata)
+    if encoded is not None:
+        encoded = encoded.decode()
+    trace_id, span_id, environment, release, host = strings
+    return (ts, level, service, message, None, trace_id, span_id, user_id,
+            environment, release, host, encoded, exception, received_at)

@@ -1,0 +1,117 @@
+"""Start-up repair and the head segment's life: adopt, create, close.
+
+Every process runs `recover_and_open_head` once, one process at a time (a
+flock on `data/.startup.lock`): the catalog is brought in line with the
+files, segments whose writer died are repaired and closed (or adopted as
+this process's head), and idempotency keys are rebuilt from the segments.
+"""
+import fcntl
+import logging
+import os
+import sqlite3
+from contextlib import contextmanager
+from datetime import timedelta
+
+from . import catalog, idempotency, segments
+from .entries import format_ts
+
+log = logging.getLogger("sidecar.recovery")
+
+
+class Head:
+    """The segment this process writes, with stats kept in memory between catalog updates."""
+
+    def __init__(self, name, path, con, lock, stats):
+        self.name, self.path, self.con, self.lock = name, path, con, lock
+        self.day = segments.parse_name(name)[0]
+        self.row_count = stats["row_count"]
+        self.min_ts, self.max_ts = stats["min_ts"], stats["max_ts"]
+        self.last_id = segments.max_id(con)
+
+    def note_rows(self, rows):
+        timestamps = [row[0] for row in rows]
+        low, high = min(timestamps), max(timestamps)
+        self.row_count += len(rows)
+        self.min_ts = low if self.min_ts is None else min(self.min_ts, low)
+        self.max_ts = high if self.max_ts is None else max(self.max_ts, high)
+
+    def stats(self):
+        return {"row_count": self.row_count, "min_ts": self.min_ts, "max_ts": self.max_ts}
+
+
+@contextmanager
+def startup_lock(data_dir):
+    fd = os.open(os.path.join(data_dir, ".startup.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _open_head(data_dir, name, lock, settings):
+    path = os.path.join(segments.segments_dir(data_dir), name)
+    con = segments.open_for_writing(path, settings["synchronous"], settings["cache_bytes"])
+    return Head(name, path, con, lock, segments.read_stats(con))
+
+
+def create_head(data_dir, meta, settings, now):
+    name = catalog.allocate(meta, data_dir, now.strftime("%Y-%m-%d"), format_ts(now))
+    path = os.path.join(segments.segments_dir(data_dir), name)
+    lock = segments.SegmentLock(path)
+    if not lock.acquire():  # a name is allocated once, so nobody else can hold it
+        raise RuntimeError("segment {} is locked by another process".format(name))
+    return _open_head(data_dir, name, lock, settings)
+
+
+def close_segment(data_dir, head, closed_at):
+    """Finish a rotated-out head: checkpoint, leave WAL mode, mark it closed."""
+    meta = catalog.connect_meta(data_dir)
+    try:
+        stats, size = head.stats(), None
+        try:
+            segments.finish(head.con)
+        except sqlite3.Error as error:  # a reader may hold the file; it stays valid in WAL mode
+            log.warning("finishing %s: %s", head.name, error)
+        size = segments.file_bytes(head.path)
+        catalog.update_stats(meta, head.name, stats, size, closed_at, closed=True)
+    finally:
+        head.lock.release(remove=True)
+        meta.close()
+
+
+def _close_orphan(data_dir, meta, name, lock, now_text):
+    path = os.path.join(segments.segments_dir(data_dir), name)
+    stats = segments.repair(path)
+    con = sqlite3.connect(path, isolation_level=None)
+    segments.finish(con)
+    catalog.update_stats(meta, name, stats, segments.file_bytes(path), now_text, closed=True)
+    lock.release(remove=True)
+    log.info("closed segment %s left open by a stopped process (%d rows)", name, stats["row_count"])
+
+
+def recover_and_open_head(data_dir, meta, settings, now):
+    """Repair what dead processes left, then return this process's head segment."""
+    now_text, today = format_ts(now), now.strftime("%Y-%m-%d")
+    with startup_lock(data_dir):
+        catalog.ensure_schema(meta)
+        catalog.sync_with_files(meta, data_dir, now_text)
+        head = None
+        for name in catalog.open_segments(meta):
+            path = os.path.join(segments.segments_dir(data_dir), name)
+            lock = segments.SegmentLock(path)
+            if not lock.acquire():
+                continue  # a live process writes it
+            adoptable = (head is None and name.startswith("logs-" + today)
+                         and segments.file_bytes(path) < settings["segment_max_bytes"])
+            if adoptable:
+                head = _open_head(data_dir, name, lock, settings)
+                catalog.update_stats(meta, name, head.stats(), segments.file_bytes(path), now_text)
+            else:
+                _close_orphan(data_dir, meta, name, lock, now_text)
+        cutoff = format_ts(now - timedelta(seconds=settings["idempotency_ttl_s"]))
+        idempotency.reconcile(meta, data_dir, cutoff)
+        if head is None:
+            head = create_head(data_dir, meta, settings, now)
+    return head

@@ -1,0 +1,230 @@
+"""The one writer thread of a process: a bounded queue in, group commits out.
+
+Request threads hand over validated rows with `submit()` and wait on the
+batch; the writer takes every batch waiting (up to `commit_max_entries`),
+writes them in one transaction, commits, and only then wakes the requests,
+so an acknowledgement always means "on disk".
+"""
+import collections
+import logging
+import os
+import sqlite3
+import threading
+import time
+from datetime import datetime, timezone
+
+import orjson
+
+from . import catalog, recovery, schema, segments
+from .entries import format_ts
+
+log = logging.getLogger("sidecar.writer")
+WAL_RESTART_BYTES = 32 * 1024 * 1024
+
+
+class QueueFull(Exception):
+    """The writer is behind: the client should retry after a pause."""
+
+
+class StorageUnavailable(Exception):
+    """The head segment cannot be written (disk full, read-only, ...)."""
+
+
+def utc_now():
+    return datetime.now(timezone.utc)
+
+
+class Batch:
+    __slots__ = ("rows", "idempotency_key", "response", "done", "error")
+
+    def __init__(self, rows, idempotency_key=None, response=None):
+        self.rows = rows
+        self.idempotency_key = idempotency_key
+        self.response = response
+        self.done = threading.Event()
+        self.error = None
+
+
+class Writer:
+    def __init__(self, data_dir, settings, clock=utc_now):
+        self.data_dir = data_dir
+        self.settings = settings
+        self.clock = clock
+        self._pending = collections.deque()
+        self._pending_entries = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = None
+        self.head = None  # recovery.Head
+        self.meta = None
+        self.unavailable_reason = None
+        self.last_commit_ms = None
+        self.committed_entries = 0
+        self._catalog_dirty = False
+        self._catalog_updated = 0.0
+        self._closers = []
+        self._checkpointer = None
+
+    # -- life cycle -------------------------------------------------------
+    def start(self):
+        os.makedirs(segments.segments_dir(self.data_dir), exist_ok=True)
+        self.meta = catalog.connect_meta(self.data_dir)
+        self.head = recovery.recover_and_open_head(self.data_dir, self.meta, self.settings, self.clock())
+        self._checkpointer = segments.Checkpointer().start(self.head.path)
+        self._thread = threading.Thread(target=self._run, name="sidecar-writer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout=30):
+        """Commit what is queued, then release the head (it stays open for the next start)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread:
+            self._thread.join(timeout)
+        for closer in self._closers:
+            closer.join(timeout)
+        if self._checkpointer:
+            self._checkpointer.stop()
+        if self.head:
+            self._update_catalog(force=True)
+            self.head.con.close()
+            self.head.lock.release()
+            self.head = None
+        if self.meta:
+            self.meta.close()
+
+    # -- request side ------------------------------------------------------
+    @property
+    def queued_entries(self):
+        return self._pending_entries
+
+    def submit(self, batch):
+        with self._cond:
+            if self._stopping:
+                raise StorageUnavailable("the sidecar is shutting down")
+            if self._pending_entries + len(batch.rows) > self.settings["queue_max_entries"]:
+                raise QueueFull()
+            self._pending.append(batch)
+            self._pending_entries += len(batch.rows)
+            self._cond.notify()
+        return batch
+
+    # -- writer thread -----------------------------------------------------
+    def _take(self):
+        limit = self.settings["commit_max_entries"]
+        interval = self.settings["catalog_update_interval_ms"] / 1000
+        with self._cond:
+            while not self._pending and not self._stopping:
+                self._cond.wait(interval)
+                if not self._pending:
+                    return []
+            taken, count = [], 0
+            while self._pending and (not taken or count + len(self._pending[0].rows) <= limit):
+                batch = self._pending.popleft()
+                taken.append(batch)
+                count += len(batch.rows)
+            self._pending_entries -= count
+            return taken
+
+    def _run(self):
+        while True:
+            batches = self._take()
+            if batches:
+                self._write_and_wake(batches)
+            else:
+                with self._cond:
+                    if self._stopping and not self._pending:
+                        return
+            self._update_catalog()
+
+    def _write_and_wake(self, batches):
+        try:
+            self._write(batches)
+            self.unavailable_reason = None
+        except (sqlite3.Error, OSError) as error:
+            self.unavailable_reason = str(error)
+            log.error("write failed: %s", error)
+            failure = StorageUnavailable(str(error))
+            for batch in batches:
+                batch.error = failure
+        for batch in batches:
+            batch.done.set()
+
+    def _write(self, batches):
+        started = time.perf_counter()
+        self._rotate_if_needed()
+        head = self.head
+        rows = [row for batch in batches for row in batch.rows]
+        con = head.con
+        try:
+            con.execute("BEGIN")
+            con.execute(schema.INSERT_LOG_JSON, (orjson.dumps(rows).decode(),))
+            con.execute(schema.FEED_FTS, (head.last_id,))
+            keyed = [(b.idempotency_key, b.rows[0][13], b.response) for b in batches if b.idempotency_key]
+            if keyed:
+                con.executemany("INSERT OR REPLACE INTO batches VALUES (?, ?, ?)", keyed)
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        head.last_id = segments.max_id(con)
+        head.note_rows(rows)
+        self._finish_checkpoint(head)
+        self.committed_entries += len(rows)
+        self._catalog_dirty = True
+        self.last_commit_ms = (time.perf_counter() - started) * 1000
+
+    def _finish_checkpoint(self, head):
+        """Let the WAL start over once it is big.
+
+        The checkpointer thread copies most frames in the background, but while
+        the writer keeps appending it never copies the last ones, and the WAL
+        would grow without end. Here, between two transactions, nothing is being
+        appended, so a PASSIVE checkpoint copies the few frames left and
+        completes; the next transaction then rewrites the WAL from its start.
+        """
+        try:
+            wal_bytes = os.path.getsize(head.path + "-wal")
+        except OSError:
+            return
+        if wal_bytes >= WAL_RESTART_BYTES:
+            head.con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    # -- rotation and catalog ----------------------------------------------
+    def _rotate_if_needed(self):
+        now = self.clock()
+        head = self.head
+        too_big = segments.file_bytes(head.path) >= self.settings["segment_max_bytes"]
+        if head.day == now.strftime("%Y-%m-%d") and not too_big:
+            return
+        new_head = recovery.create_head(self.data_dir, self.meta, self.settings, now)
+        self._update_catalog(force=True)
+        self.head = new_head
+        self._checkpointer.follow(new_head.path)
+        closer = threading.Thread(target=recovery.close_segment, name="sidecar-closer",
+                                  args=(self.data_dir, head, format_ts(now)))
+        closer.start()
+        self._closers = [c for c in self._closers if c.is_alive()] + [closer]
+
+    def _update_catalog(self, force=False):
+        interval = self.settings["catalog_update_interval_ms"] / 1000
+        if not self._catalog_dirty or (not force and time.monotonic() - self._catalog_updated < interval):
+            return
+        head = self.head
+        try:
+            catalog.update_stats(self.meta, head.name, head.stats(),
+                                 segments.file_bytes(head.path), format_ts(self.clock()))
+            self._catalog_dirty = False
+            self._catalog_updated = time.monotonic()
+        except sqlite3.Error as error:
+            log.error("catalog update failed: %s", error)
+
+    def wait_closers(self, timeout=30):
+        for closer in self._closers:
+            closer.join(timeout)
+
+
+def response_bytes(accepted, rejected):
+    return orjson.dumps({"accepted": accepted, "rejected": rejected})

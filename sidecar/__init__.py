@@ -1,0 +1,72 @@
+"""The sidecar's HTTP layer: `create_app()` is what gunicorn runs."""
+import atexit
+import os
+import time
+
+from flask import Flask, g, request
+
+from ingest.entries import Limits
+from ingest.idempotency import IdempotencyStore
+from ingest.writer import Writer, utc_now
+
+from . import jsonlog
+from .auth import TokenChecker, ensure_dev_token
+from .settings import load_settings
+
+
+class Sidecar:
+    """What the blueprints share: settings, the writer, tokens, the clock."""
+
+    def __init__(self, settings, clock=utc_now):
+        self.settings = settings
+        self.clock = clock
+        self.data_dir = os.path.abspath(settings["data_dir"])
+        self.limits = Limits.from_settings(settings)
+        tokens = settings["ingest_tokens"] or [ensure_dev_token(self.data_dir)]
+        self.tokens = TokenChecker(tokens, settings["auth_log_interval_s"])
+        self.writer = Writer(self.data_dir, settings, clock)
+        self.idempotency = IdempotencyStore(self.data_dir, settings["idempotency_ttl_s"], clock)
+        self._closed = False
+
+    def start(self):
+        self.writer.start()
+        atexit.register(self.close)
+        return self
+
+    def close(self):
+        if not self._closed:
+            self._closed = True
+            self.writer.stop()
+
+
+def create_app(config=None):
+    """Build the app. `config` maps setting names to values (and may hold a `clock`)."""
+    config = dict(config or {})
+    clock = config.pop("clock", utc_now)
+    jsonlog.install()
+    sidecar = Sidecar(load_settings(config), clock).start()
+    app = Flask(__name__)
+    app.extensions["sidecar"] = sidecar
+    from . import errors, health_api, ingest_api
+    app.register_blueprint(errors.bp)
+    app.register_blueprint(ingest_api.bp)
+    app.register_blueprint(health_api.bp)
+    _log_requests(app)
+    return app
+
+
+def _log_requests(app):
+    @app.before_request
+    def _start_timer():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _log(response):
+        duration_ms = round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)
+        level = "error" if response.status_code >= 500 else "warn" if response.status_code >= 400 else "info"
+        # request.path carries no query string, where a sentry_key could be.
+        jsonlog.emit(level, "{} {} {}".format(request.method, request.path, response.status_code),
+                     event="http.request", method=request.method, path=request.path,
+                     status=response.status_code, duration_ms=duration_ms,
+                     remote_addr=request.remote_addr, **g.get("log_fields", {}))
+        return response

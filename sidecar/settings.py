@@ -1,0 +1,135 @@
+"""Every setting in one table: name, default, help.
+
+Read from ``SIDECAR_<NAME>`` environment variables (``PORT`` is also read,
+as free hosts set it), checked at start-up with a clear message.
+``docs/settings.md`` is generated from this table (``python -m sidecar settings-doc``).
+"""
+import ipaddress
+import os
+from dataclasses import dataclass
+
+
+class SettingsError(ValueError):
+    """A setting has a value the sidecar cannot run with."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: object
+    help: str
+    kind: type = str  # str, int, float, bool, list (comma-separated)
+    env: str = ""  # an extra variable read when SIDECAR_<NAME> is unset
+
+    @property
+    def env_name(self):
+        return "SIDECAR_" + self.name.upper()
+
+
+MiB = 1024 * 1024
+
+SETTINGS = (
+    Setting("host", "127.0.0.1", "Address gunicorn binds to. A non-loopback address requires ingest tokens."),
+    Setting("port", 8080, "Port gunicorn binds to (the `PORT` variable set by hosts such as Render is read too).", int, env="PORT"),
+    Setting("data_dir", "./data", "Directory for segments, `meta.db` and the local dev token."),
+    Setting("ingest_tokens", [], "Comma-separated bearer tokens accepted by the ingest API. None on loopback: a dev token is generated once into `<data_dir>/dev-token`.", list),
+    Setting("workers", 1, "Gunicorn worker processes. Each process owns its own head segment.", int),
+    Setting("threads", 8, "Request threads per worker process.", int),
+    Setting("environment", "development", "Environment name reported by the sidecar's own logs."),
+    Setting("max_body_bytes", 5 * MiB, "Largest request body as sent (413 above).", int),
+    Setting("max_decompressed_bytes", 50 * MiB, "Largest request body after decompression (413 above; decompression stops at this size).", int),
+    Setting("max_batch_entries", 10_000, "Most entries in one request (413 above).", int),
+    Setting("max_message_bytes", 64 * 1024, "Longer messages are truncated and flagged in `metadata._sidecar.truncated`.", int),
+    Setting("max_metadata_bytes", 64 * 1024, "Larger metadata (as JSON) is truncated and flagged in `metadata._sidecar.truncated`.", int),
+    Setting("max_metadata_depth", 20, "Entries whose metadata nests deeper are rejected.", int),
+    Setting("max_future_s", 7 * 86400, "Entries timestamped further than this in the future are rejected.", int),
+    Setting("segment_max_bytes", 256 * MiB, "The head segment rotates once its file passes this size (and at every UTC midnight).", int),
+    Setting("queue_max_entries", 50_000, "Entries waiting for the writer before ingest answers 429 (each costs about 1 KiB of memory while it waits).", int),
+    Setting("commit_max_entries", 20_000, "Most entries the writer commits in one transaction (group commit).", int),
+    Setting("synchronous", "full", "SQLite `synchronous` mode of segments: `full` (a 2xx survives power loss) or `normal` (a 2xx survives a crash of the process, not of the machine).", str),
+    Setting("cache_bytes", 16 * MiB, "SQLite page cache of the head segment's writer connection.", int),
+    Setting("idempotency_ttl_s", 86400, "How long an `Idempotency-Key` is remembered.", int),
+    Setting("request_timeout_s", 30, "How long a request waits for its batch to be committed before answering 503.", int),
+    Setting("catalog_update_interval_ms", 1000, "How often the writer refreshes its head segment's row in the catalog.", int),
+    Setting("memory_limit_bytes", 512 * MiB, "Memory the host allows the sidecar; `/api/health` reports RSS against it.", int),
+    Setting("auth_log_interval_s", 10, "Failed authentication attempts are logged at most once per this interval per client address.", int),
+)
+SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
+SYNCHRONOUS_MODES = ("full", "normal")
+
+
+def _convert(setting, raw):
+    if setting.kind is list:
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if setting.kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError("{} must be a whole number, got {!r}".format(setting.env_name, raw)) from None
+    return raw.strip()
+
+
+def load_settings(overrides=None, environ=None):
+    """Return a dict of every setting, from overrides, then the environment, then defaults."""
+    environ = os.environ if environ is None else environ
+    overrides = overrides or {}
+    unknown = set(overrides) - set(SETTINGS_BY_NAME)
+    if unknown:
+        raise SettingsError("unknown setting(s): " + ", ".join(sorted(unknown)))
+    values = {}
+    for setting in SETTINGS:
+        if setting.name in overrides:
+            values[setting.name] = overrides[setting.name]
+            continue
+        raw = environ.get(setting.env_name)
+        if raw is None and setting.env:
+            raw = environ.get(setting.env)
+        values[setting.name] = setting.default if raw is None else _convert(setting, raw)
+    check_settings(values)
+    return values
+
+
+def is_loopback(host):
+    if host == "localhost" or host.startswith("unix:"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_settings(values):
+    positive = [s.name for s in SETTINGS if s.kind is int and s.name != "port"]
+    for name in positive:
+        if not isinstance(values[name], int) or values[name] <= 0:
+            raise SettingsError("SIDECAR_{} must be a positive whole number, got {!r}".format(
+                name.upper(), values[name]))
+    if not 0 < values["port"] < 65536:
+        raise SettingsError("PORT / SIDECAR_PORT must be between 1 and 65535, got {}".format(values["port"]))
+    if values["synchronous"] not in SYNCHRONOUS_MODES:
+        raise SettingsError("SIDECAR_SYNCHRONOUS must be one of {}, got {!r}".format(
+            ", ".join(SYNCHRONOUS_MODES), values["synchronous"]))
+    if values["max_decompressed_bytes"] < values["max_body_bytes"]:
+        raise SettingsError("SIDECAR_MAX_DECOMPRESSED_BYTES must be at least SIDECAR_MAX_BODY_BYTES")
+    if values["commit_max_entries"] < values["max_batch_entries"]:
+        raise SettingsError("SIDECAR_COMMIT_MAX_ENTRIES must be at least SIDECAR_MAX_BATCH_ENTRIES")
+    if values["queue_max_entries"] < values["max_batch_entries"]:
+        raise SettingsError("SIDECAR_QUEUE_MAX_ENTRIES must be at least SIDECAR_MAX_BATCH_ENTRIES")
+    if not values["ingest_tokens"] and not is_loopback(values["host"]):
+        raise SettingsError(
+            "refusing to listen on {} without ingest tokens: set SIDECAR_INGEST_TOKENS "
+            "(comma-separated), or bind to 127.0.0.1".format(values["host"]))
+    for token in values["ingest_tokens"]:
+        if len(token) < 16:
+            raise SettingsError("every token in SIDECAR_INGEST_TOKENS must be at least 16 characters long")
+
+
+def settings_markdown():
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for setting in SETTINGS:
+        default = setting.default
+        if isinstance(default, list):
+            default = ",".join(default) or "(none)"
+        extra = " (also `{}`)".format(setting.env) if setting.env else ""
+        lines.append("| `{}`{} | `{}` | {} |".format(setting.env_name, extra, default, setting.help))
+    return "\n".join(lines) + "\n"

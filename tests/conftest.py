@@ -1,0 +1,146 @@
+import glob
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": "Bearer " + TOKEN}
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    path = tmp_path / "data"
+    path.mkdir()
+    return str(path)
+
+
+@pytest.fixture
+def app(data_dir):
+    from sidecar import create_app
+    application = create_app({"data_dir": data_dir, "ingest_tokens": [TOKEN]})
+    yield application
+    application.extensions["sidecar"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """The real gunicorn, with the repo's gunicorn.conf.py, on a loopback port."""
+
+    def __init__(self, data_dir, tmp_path, **settings):
+        self.data_dir = data_dir
+        self.settings = settings
+        self.log_path = str(tmp_path / "server-{}.log".format(time.monotonic_ns()))
+        self.proc = None
+
+    def start(self, wait=True):
+        self.port = free_port()
+        self.url = "http://127.0.0.1:{}".format(self.port)
+        env = dict(os.environ, SIDECAR_DATA_DIR=self.data_dir, PORT=str(self.port), SIDECAR_INGEST_TOKENS=TOKEN)
+        env.update({"SIDECAR_" + key.upper(): str(value) for key, value in self.settings.items()})
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=ROOT,
+                                     env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("gunicorn exited: " + self.output())
+            try:
+                requests.get(self.url + "/api/health", timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("gunicorn did not answer: " + self.output())
+
+    def output(self):
+        with open(self.log_path, "rb") as handle:
+            return handle.read().decode(errors="replace")
+
+    def post(self, payload=None, data=None, headers=None, **kwargs):
+        headers = dict(AUTH, **(headers or {}))
+        return requests.post(self.url + "/api/logs", json=payload, data=data, headers=headers, timeout=60, **kwargs)
+
+    def worker_pids(self):
+        import psutil
+        return [child.pid for child in psutil.Process(self.proc.pid).children()]
+
+    def kill9(self):
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.log.close()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        if self.proc:
+            self.log.close()
+
+
+@pytest.fixture
+def live_server(data_dir, tmp_path):
+    """Factory: live_server(**settings) starts gunicorn on `data_dir`; all are stopped at teardown."""
+    servers = []
+
+    def start(**settings):
+        server = LiveServer(data_dir, tmp_path, **settings).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def segment_files(data_dir):
+    return sorted(glob.glob(os.path.join(data_dir, "segments", "logs-*.db")))
+
+
+def stored_rows(data_dir, columns="*"):
+    """Every stored row, read straight from the segment files."""
+    rows = []
+    for path in segment_files(data_dir):
+        con = sqlite3.connect("file:{}?mode=ro".format(path), uri=True)
+        con.row_factory = sqlite3.Row
+        rows.extend(dict(row) for row in con.execute("SELECT {} FROM logs ORDER BY id".format(columns)))
+        con.close()
+    return rows
+
+
+def catalog_rows(data_dir):
+    con = sqlite3.connect(os.path.join(data_dir, "meta.db"))
+    con.row_factory = sqlite3.Row
+    rows = [dict(row) for row in con.execute("SELECT * FROM segments ORDER BY day, seq")]
+    con.close()
+    return rows
+
+
+def entry(i=0, **fields):
+    base = {"service": "api", "level": "info", "message": "entry {}".format(i), "metadata": {"n": i}}
+    base.update(fields)
+    return base

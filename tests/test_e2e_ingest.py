@@ -1,0 +1,207 @@
+"""End to end: the real gunicorn process on a loopback port, real files, real clients."""
+import gzip
+import itertools
+import os
+import resource
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import orjson
+import pytest
+import requests
+
+from conftest import ROOT, TOKEN, catalog_rows, entry, free_port, stored_rows
+
+
+def test_json_ndjson_gzip_and_partial_acceptance(live_server, data_dir):
+    server = live_server()
+    assert server.post([entry(0), entry(1)]).json() == {"accepted": 2, "rejected": []}
+    ndjson = b"\n".join(orjson.dumps(entry(i)) for i in (2, 3))
+    response = server.post(data=gzip.compress(ndjson), headers={"Content-Type": "application/x-ndjson",
+                                                                "Content-Encoding": "gzip"})
+    assert response.json() == {"accepted": 2, "rejected": []}
+    response = server.post([entry(4), {"message": "no service"}])
+    assert response.status_code == 200 and response.json()["rejected"][0]["index"] == 1
+    assert requests.post(server.url + "/api/logs", json=entry(9), timeout=10).status_code == 401
+    assert [row["message"] for row in stored_rows(data_dir)] == ["entry {}".format(i) for i in range(5)]
+    output = server.output()
+    assert '"path":"/api/logs","status":200' in output and TOKEN not in output
+
+
+def test_chunked_body_over_the_limit_is_413(live_server, data_dir):
+    server = live_server(max_body_bytes=10_000)
+
+    def chunks():
+        for _ in range(30):
+            yield b" " * 1000  # no Content-Length: the cap applies while reading
+    response = server.post(data=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+    assert server.post([entry(0)]).status_code == 200
+
+
+def stream_batches(server, acked, stop, prefix, batch_size=50):
+    session = requests.Session()
+    for batch_number in itertools.count():
+        if stop.is_set():
+            return
+        ids = ["{}-{}-{}".format(prefix, batch_number, i) for i in range(batch_size)]
+        try:
+            response = session.post(server.url + "/api/logs", json=[entry(0, message=i) for i in ids],
+                                    headers={"Authorization": "Bearer " + TOKEN}, timeout=30)
+        except requests.RequestException:
+            return
+        if response.status_code == 200:
+            acked.update(ids)
+
+
+def test_kill_9_loses_nothing_acknowledged(live_server, data_dir):
+    server = live_server()
+    acked, stop = set(), threading.Event()
+    writers = [threading.Thread(target=stream_batches, args=(server, acked, stop, "t{}".format(n)))
+               for n in range(3)]
+    for thread in writers:
+        thread.start()
+    deadline = time.time() + 20
+    while len(acked) < 3000 and time.time() < deadline:
+        time.sleep(0.05)
+    server.kill9()  # master and worker, mid-stream
+    stop.set()
+    for thread in writers:
+        thread.join(30)
+    assert len(acked) >= 3000
+    restarted = live_server()
+    stored = [row["message"] for row in stored_rows(data_dir, "message")]
+    assert acked <= set(stored), "acknowledged entries lost: {}".format(len(acked - set(stored)))
+    assert len(stored) == len(set(stored))  # nothing stored twice
+    catalog = catalog_rows(data_dir)
+    assert sum(row["row_count"] for row in catalog) == len(stored)
+    assert restarted.post([entry(1)]).status_code == 200
+
+
+def test_queue_full_is_429_with_retry_after(live_server, data_dir):
+    server = live_server(max_batch_entries=10, queue_max_entries=10, commit_max_entries=10)
+    [head] = [row["name"] for row in catalog_rows(data_dir) if row["closed_at"] is None]
+    lock = sqlite3.connect(os.path.join(data_dir, "segments", head), timeout=0)
+    lock.execute("BEGIN IMMEDIATE")  # the writer blocks on the file, so the queue fills up
+    results = []
+    waiting = [threading.Thread(target=lambda: results.append(server.post([entry(i) for i in range(10)])))
+               for _ in range(2)]
+    try:
+        for thread in waiting:
+            thread.start()
+            time.sleep(0.5)
+        response = server.post([entry(i) for i in range(10)])
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    for thread in waiting:
+        thread.join(40)
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "1" and response.json()["error"]["code"] == "queue_full"
+    assert [r.status_code for r in results] == [200, 200]
+    assert len(stored_rows(data_dir)) == 20
+
+
+def test_disk_full_is_503_and_recovers(live_server, data_dir):
+    server = live_server()
+    assert server.post([entry(i) for i in range(100)]).status_code == 200
+    [worker] = server.worker_pids()
+    unlimited = resource.prlimit(worker, resource.RLIMIT_FSIZE)
+    resource.prlimit(worker, resource.RLIMIT_FSIZE, (1, unlimited[1]))  # every file write now fails
+    try:
+        response = server.post([entry(i) for i in range(100, 200)])
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "storage_unavailable" and "Retry-After" in response.headers
+        health = requests.get(server.url + "/api/health", timeout=10)
+        assert health.json()["services"]["database"]["status"] == "unhealthy"
+    finally:
+        resource.prlimit(worker, resource.RLIMIT_FSIZE, unlimited)
+    assert server.post([entry(i) for i in range(200, 300)]).status_code == 200
+    assert requests.get(server.url + "/api/health", timeout=10).json()["status"] != "unhealthy"
+    messages = {row["message"] for row in stored_rows(data_dir, "message")}
+    assert messages == {"entry {}".format(i) for i in itertools.chain(range(100), range(200, 300))}
+
+
+def test_several_workers_share_nothing_and_lose_nothing(live_server, data_dir):
+    server = live_server(workers=2)
+    acked, stop = set(), threading.Event()
+    clients = [threading.Thread(target=stream_batches, args=(server, acked, stop, "w{}".format(n), 20))
+               for n in range(4)]
+    for thread in clients:
+        thread.start()
+    time.sleep(3)
+    stop.set()
+    for thread in clients:
+        thread.join(30)
+    server.stop()
+    stored = [row["message"] for row in stored_rows(data_dir, "message")]
+    assert acked == set(stored) and len(stored) == len(acked) > 0
+    assert len(catalog_rows(data_dir)) == 2  # one head segment per worker process
+    assert "database is locked" not in server.output()
+
+
+def test_rotation_by_size(live_server, data_dir):
+    server = live_server(segment_max_bytes=300_000)
+    for start in range(0, 3000, 500):
+        assert server.post([entry(i, message="x" * 200 + str(i)) for i in range(start, start + 500)]).status_code == 200
+    server.stop()
+    catalog = catalog_rows(data_dir)
+    assert len(catalog) >= 3
+    assert all(row["closed_at"] for row in catalog[:-1]) and catalog[-1]["closed_at"] is None
+    assert sum(row["row_count"] for row in catalog) == 3000 == len(stored_rows(data_dir, "id"))
+
+
+def run_gunicorn(env_overrides, extra_args=(), timeout=20):
+    env = dict(os.environ, PORT=str(free_port()), **env_overrides)
+    env.pop("SIDECAR_INGEST_TOKENS", None)
+    return subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *extra_args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("env, args", [
+    ({"SIDECAR_HOST": "0.0.0.0"}, ()),
+    ({}, ("-b", "0.0.0.0:{}".format(free_port()))),  # an address given to gunicorn directly is checked too
+])
+def test_refuses_a_public_address_without_tokens(data_dir, env, args):
+    result = run_gunicorn(dict(env, SIDECAR_DATA_DIR=data_dir), args)
+    assert result.returncode != 0
+    assert "refusing to listen on 0.0.0.0 without ingest tokens" in result.stderr
+
+
+def test_bad_setting_stops_the_start_with_a_message(data_dir):
+    result = run_gunicorn({"SIDECAR_DATA_DIR": data_dir, "SIDECAR_MAX_BODY_BYTES": "lots"})
+    assert result.returncode == 2 and "SIDECAR_MAX_BODY_BYTES must be a whole number" in result.stderr
+
+
+def test_dev_token_is_generated_once_and_printed(data_dir, tmp_path):
+    # Started by hand: LiveServer always configures a token.
+    port = free_port()
+    env = dict(os.environ, SIDECAR_DATA_DIR=data_dir, PORT=str(port))
+    env.pop("SIDECAR_INGEST_TOKENS", None)
+    log_path = tmp_path / "dev.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = "http://127.0.0.1:{}".format(port)
+            for _ in range(300):
+                try:
+                    requests.get(url + "/api/health", timeout=1)
+                    break
+                except requests.ConnectionError:
+                    time.sleep(0.05)
+            token = open(os.path.join(data_dir, "dev-token")).read().strip()
+            response = requests.post(url + "/api/logs", json=entry(0), timeout=10,
+                                     headers={"Authorization": "Bearer " + token})
+            assert response.status_code == 200
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    output = log_path.read_text()
+    assert "ingest token: " + token in output and "curl -sS -X POST {}/api/logs".format(url) in output
+    assert os.stat(os.path.join(data_dir, "dev-token")).st_mode & 0o077 == 0
+    from sidecar.auth import ensure_dev_token
+    assert ensure_dev_token(data_dir) == token  # kept, not generated again

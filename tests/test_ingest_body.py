@@ -1,0 +1,79 @@
+import gzip
+import zlib
+
+import pytest
+
+from ingest.body import BodyError, decompress, parse_entries
+
+
+@pytest.mark.parametrize("body, content_type, expected", [
+    (b'{"service": "a", "message": "m"}', "application/json", [{"service": "a", "message": "m"}]),
+    (b'[{"message": "1"}, {"message": "2"}]', "application/json; charset=utf-8", [{"message": "1"}, {"message": "2"}]),
+    (b'{"logs": [{"message": "1"}]}', "application/json", [{"message": "1"}]),
+    (b'{"message": "1"}\n\n{"message": "2"}\n', "application/x-ndjson", [{"message": "1"}, {"message": "2"}]),
+    (b'{"message": "1"}\r\n{"message": "2"}', "application/jsonl", [{"message": "1"}, {"message": "2"}]),
+    (b'[]', "application/json", []),
+])
+def test_accepted_shapes(body, content_type, expected):
+    assert parse_entries(body, content_type) == expected
+
+
+@pytest.mark.parametrize("body, content_type, status, code, detail", [
+    (b'{"a": 1,}', "application/json", 400, "invalid_json", {"line": 1}),
+    (b'[1, 2', "application/json", 400, "invalid_json", {"line": 1}),
+    (b'{"m": 1}\n{"m": 2}\n{oops\n', "application/x-ndjson", 400, "invalid_json", {"line": 3}),
+    (b'"text"', "application/json", 400, "invalid_body", {}),
+    (b'{"logs": 5}', "application/json", 400, "invalid_body", {}),
+    (b'a=1', "application/x-www-form-urlencoded", 415, "unsupported_media_type", {}),
+    (b'{}', None, 415, "unsupported_media_type", {}),
+])
+def test_bad_bodies(body, content_type, status, code, detail):
+    with pytest.raises(BodyError) as caught:
+        parse_entries(body, content_type)
+    assert (caught.value.status, caught.value.code) == (status, code)
+    for key, value in detail.items():
+        assert caught.value.details[key] == value
+
+
+def test_ndjson_error_names_the_line():
+    with pytest.raises(BodyError, match="line 2 is not valid JSON"):
+        parse_entries(b'{"m": 1}\n{"m": \n', "application/x-ndjson")
+
+
+def test_json_error_names_the_position():
+    with pytest.raises(BodyError) as caught:
+        parse_entries(b'[\n{"m": 1},\n{"m" 2}]', "application/json")
+    assert caught.value.details["line"] == 3 and caught.value.details["position"] > 0
+
+
+@pytest.mark.parametrize("encoding, compress", [
+    ("gzip", gzip.compress), ("x-gzip", gzip.compress), ("deflate", zlib.compress),
+    (None, lambda data: data), ("identity", lambda data: data),
+])
+def test_decompress(encoding, compress):
+    data = b'{"message": "hello"}' * 100
+    assert decompress(compress(data), encoding, 10_000) == data
+
+
+def test_gzip_bomb_stops_at_the_cap():
+    bomb = gzip.compress(b"\0" * 50_000_000)  # 50 MB in about 50 KB
+    with pytest.raises(BodyError) as caught:
+        decompress(bomb, "gzip", 1_000_000)
+    assert caught.value.status == 413 and caught.value.code == "body_too_large"
+
+
+def test_uncompressed_body_over_the_cap():
+    with pytest.raises(BodyError) as caught:
+        decompress(b"x" * 101, None, 100)
+    assert caught.value.status == 413
+
+
+@pytest.mark.parametrize("body, encoding, status, code", [
+    (b"not gzip at all", "gzip", 400, "invalid_encoding"),
+    (gzip.compress(b"x" * 1000)[:-12], "gzip", 400, "invalid_encoding"),
+    (b"data", "br", 415, "unsupported_encoding"),
+])
+def test_bad_encodings(body, encoding, status, code):
+    with pytest.raises(BodyError) as caught:
+        decompress(body, encoding, 10_000)
+    assert (caught.value.status, caught.value.code) == (status, code)

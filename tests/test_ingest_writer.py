@@ -1,0 +1,190 @@
+"""The writer and the segment store on real files, with an injected clock."""
+import os
+import sqlite3
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from ingest import catalog, recovery, segments
+from ingest.entries import Limits, format_ts, to_row
+from ingest.writer import Batch, QueueFull, Writer
+from sidecar.settings import load_settings
+
+from conftest import catalog_rows, segment_files, stored_rows
+
+
+class Clock:
+    def __init__(self, moment):
+        self.moment = moment
+
+    def __call__(self):
+        return self.moment
+
+
+def make_rows(count, clock, start=0):
+    received = format_ts(clock())
+    max_ts = format_ts(clock() + timedelta(days=7))
+    return [to_row({"service": "api", "message": "m{}".format(start + i), "trace_id": "t{}".format(i % 3)},
+                   received, max_ts, Limits()) for i in range(count)]
+
+
+def write(writer, rows, key=None):
+    batch = writer.submit(Batch(rows, key, '{"accepted": %d, "rejected": []}' % len(rows)))
+    assert batch.done.wait(10)
+    assert batch.error is None
+    return batch
+
+
+@pytest.fixture
+def clock():
+    return Clock(datetime(2026, 3, 1, 23, 59, 0, tzinfo=timezone.utc))
+
+
+@pytest.fixture
+def make_writer(data_dir, clock):
+    writers = []
+
+    def make(**overrides):
+        writer = Writer(data_dir, load_settings(overrides, environ={}), clock).start()
+        writers.append(writer)
+        return writer
+
+    yield make
+    for writer in writers:
+        writer.stop()
+
+
+def test_rows_are_committed_and_catalogued(make_writer, data_dir, clock):
+    writer = make_writer()
+    write(writer, make_rows(5, clock))
+    writer.stop()
+    assert [row["message"] for row in stored_rows(data_dir)] == ["m0", "m1", "m2", "m3", "m4"]
+    [segment] = catalog_rows(data_dir)
+    assert segment["name"] == "logs-2026-03-01-0001.db" and segment["row_count"] == 5
+    assert segment["closed_at"] is None and segment["min_ts"] == segment["max_ts"] == "2026-03-01T23:59:00.000Z"
+
+
+def test_full_text_and_trace_search_work_in_the_head(make_writer, data_dir, clock):
+    writer = make_writer()
+    write(writer, make_rows(6, clock))
+    con = sqlite3.connect(segment_files(data_dir)[0])
+    assert con.execute("SELECT count(*) FROM logs_fts WHERE logs_fts MATCH 'm4'").fetchone()[0] == 1
+    assert con.execute("SELECT count(*) FROM logs_fts WHERE logs_fts MATCH 'trace_id:t1'").fetchone()[0] == 2
+
+
+def test_rotation_at_utc_midnight(make_writer, data_dir, clock):
+    writer = make_writer()
+    write(writer, make_rows(2, clock))
+    clock.moment += timedelta(minutes=2)  # 2026-03-02 00:01
+    write(writer, make_rows(3, clock, start=2))
+    writer.wait_closers()
+    first, second = catalog_rows(data_dir)
+    assert first["name"] == "logs-2026-03-01-0001.db" and first["closed_at"] and first["row_count"] == 2
+    assert second["name"] == "logs-2026-03-02-0001.db" and second["closed_at"] is None
+    closed = sqlite3.connect(os.path.join(data_dir, "segments", first["name"]))
+    assert closed.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    indexes = {row[1] for row in closed.execute("PRAGMA index_list(logs)")}
+    assert "logs_trace_id" in indexes  # built once, when the segment closed
+
+
+def test_rotation_by_size_never_reuses_a_name(make_writer, data_dir, clock):
+    writer = make_writer(segment_max_bytes=20_000)
+    for i in range(8):
+        write(writer, make_rows(100, clock, start=i * 100))
+    writer.stop()
+    rows = catalog_rows(data_dir)
+    names = [row["name"] for row in rows]
+    assert len(names) >= 3 and len(set(names)) == len(names)
+    assert [row["seq"] for row in rows] == list(range(1, len(rows) + 1))
+    assert sum(row["row_count"] for row in rows) == 800 == len(stored_rows(data_dir))
+    assert all(row["closed_at"] for row in rows[:-1])
+
+
+def test_group_commit_takes_every_waiting_batch(make_writer, data_dir, clock):
+    writer = make_writer()
+    head = sqlite3.connect(writer.head.path, timeout=0)
+    head.execute("BEGIN IMMEDIATE")  # hold the write lock so batches pile up
+    batches = [writer.submit(Batch(make_rows(10, clock, start=i * 10))) for i in range(5)]
+    head.execute("ROLLBACK")
+    for batch in batches:
+        assert batch.done.wait(40) and batch.error is None
+    assert len(stored_rows(data_dir)) == 50
+
+
+def test_queue_full(make_writer, clock):
+    writer = make_writer(queue_max_entries=20, max_batch_entries=10, commit_max_entries=10)
+    head = sqlite3.connect(writer.head.path, timeout=0)
+    head.execute("BEGIN IMMEDIATE")
+    writer.submit(Batch(make_rows(10, clock)))
+    waiting = []
+    try:
+        with pytest.raises(QueueFull):
+            for _ in range(4):
+                waiting.append(writer.submit(Batch(make_rows(10, clock))))
+    finally:
+        head.execute("ROLLBACK")
+    assert len(waiting) >= 1
+    for batch in waiting:
+        assert batch.done.wait(40) and batch.error is None
+
+
+def test_restart_adopts_its_head_and_closes_other_orphans(data_dir, clock):
+    settings = load_settings({}, environ={})
+    first = Writer(data_dir, settings, clock).start()
+    write(first, make_rows(4, clock))
+    second = Writer(data_dir, settings, clock).start()  # a second process gets its own head
+    write(second, make_rows(2, clock))
+    assert first.head.name != second.head.name
+    # Both "die": locks released without closing anything.
+    for writer in (first, second):
+        writer._checkpointer.stop()
+        writer.head.con.close()
+        writer.head.lock.release()
+    meta = catalog.connect_meta(data_dir)
+    meta.execute("UPDATE segments SET row_count = 0")  # a stale catalog
+    meta.close()
+    third = Writer(data_dir, settings, clock).start()
+    try:
+        rows = {row["name"]: row for row in catalog_rows(data_dir)}
+        assert third.head.name == first.head.name  # today's orphan is adopted
+        assert rows[first.head.name]["row_count"] == 4 and rows[first.head.name]["closed_at"] is None
+        assert rows[second.head.name]["row_count"] == 2 and rows[second.head.name]["closed_at"]
+    finally:
+        third.stop()
+
+
+def test_catalog_is_rebuilt_from_files(make_writer, data_dir, clock):
+    writer = make_writer()
+    write(writer, make_rows(3, clock))
+    writer.stop()
+    os.remove(os.path.join(data_dir, "meta.db"))
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(os.path.join(data_dir, "meta.db" + suffix)):
+            os.remove(os.path.join(data_dir, "meta.db" + suffix))
+    writer = make_writer()
+    [segment] = catalog_rows(data_dir)
+    assert segment["row_count"] == 3 and writer.head.name == segment["name"]
+
+
+def test_a_deleted_segment_leaves_the_catalog(make_writer, data_dir, clock):
+    writer = make_writer(segment_max_bytes=20_000)
+    for i in range(4):
+        write(writer, make_rows(100, clock, start=i * 100))
+    writer.stop()
+    oldest = catalog_rows(data_dir)[0]["name"]
+    os.remove(os.path.join(data_dir, "segments", oldest))
+    make_writer()
+    assert oldest not in [row["name"] for row in catalog_rows(data_dir)]
+
+
+def test_write_failure_is_reported_and_recovers(make_writer, data_dir, clock):
+    writer = make_writer()
+    write(writer, make_rows(2, clock))
+    writer.head.con.execute("PRAGMA query_only=1")  # the head refuses writes, as a read-only disk would
+    batch = writer.submit(Batch(make_rows(2, clock)))
+    assert batch.done.wait(10) and batch.error is not None
+    assert writer.unavailable_reason
+    writer.head.con.execute("PRAGMA query_only=0")
+    write(writer, make_rows(2, clock, start=10))
+    assert writer.unavailable_reason is None
+    assert len(stored_rows(data_dir)) == 4
