@@ -25,10 +25,12 @@ def decompress(body, encoding, max_bytes):
         if len(body) > max_bytes:
             raise _too_large(max_bytes)
         return body
+    if encoding == "br":
+        return _unbrotli(body, max_bytes)
     if encoding not in ("gzip", "x-gzip", "deflate"):
         raise BodyError(415, "unsupported_encoding",
-                        "Content-Encoding {!r} is not supported; send gzip or no encoding".format(encoding),
-                        {"supported": ["gzip", "deflate", "identity"]})
+                        "Content-Encoding {!r} is not supported; send gzip, br or no encoding".format(encoding),
+                        {"supported": ["gzip", "deflate", "br", "identity"]})
     # 32 + MAX_WBITS: zlib detects gzip or zlib headers by itself.
     inflater = zlib.decompressobj(32 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS)
     try:
@@ -42,6 +44,23 @@ def decompress(body, encoding, max_bytes):
         raise _too_large(max_bytes)
     if not inflater.eof:
         raise BodyError(400, "invalid_encoding", "the {} stream is truncated".format(encoding))
+    return output
+
+
+def _unbrotli(body, max_bytes):
+    import brotli  # imported here: only Sentry SDKs send brotli
+    decompressor = brotli.Decompressor()
+    try:
+        output = decompressor.process(body, output_buffer_limit=max_bytes + 1)
+        while len(output) <= max_bytes and not decompressor.can_accept_more_data() \
+                and not decompressor.is_finished():
+            output += decompressor.process(b"", output_buffer_limit=max_bytes + 1 - len(output))
+    except brotli.error as error:
+        raise BodyError(400, "invalid_encoding", "the body is not valid br: {}".format(error)) from None
+    if len(output) > max_bytes:
+        raise _too_large(max_bytes)
+    if not decompressor.is_finished():
+        raise BodyError(400, "invalid_encoding", "the br stream is truncated")
     return output
 
 

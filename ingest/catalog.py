@@ -5,6 +5,7 @@ timeout, so several worker processes never see "database is locked".
 """
 import os
 import sqlite3
+import threading
 from contextlib import contextmanager
 
 from . import schema, segments
@@ -18,6 +19,18 @@ def connect_meta(data_dir):
     # The segments themselves are the record; meta.db is rebuilt from them after a crash.
     con.execute("PRAGMA synchronous=NORMAL")
     con.row_factory = sqlite3.Row
+    return con
+
+
+_local = threading.local()
+
+
+def connect_meta_cached(data_dir):
+    """One meta.db connection per thread and data dir, for request threads."""
+    cache = _local.__dict__.setdefault("connections", {})
+    con = cache.get(data_dir)
+    if con is None:
+        con = cache[data_dir] = connect_meta(data_dir)
     return con
 
 

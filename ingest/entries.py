@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 
 import orjson
 
+from .scrub import may_need_scrubbing, scrub_text, scrub_value
+
 LEVELS = ("debug", "info", "warn", "error", "critical")
 LEVEL_ALIASES = {
     **{level: level for level in LEVELS},
@@ -33,11 +35,12 @@ class Limits:
     max_metadata_bytes: int = 64 * 1024
     max_metadata_depth: int = 20
     max_future_s: int = 7 * 86400
+    scrub: bool = True
 
     @classmethod
     def from_settings(cls, settings):
         return cls(settings["max_message_bytes"], settings["max_metadata_bytes"],
-                   settings["max_metadata_depth"], settings["max_future_s"])
+                   settings["max_metadata_depth"], settings["max_future_s"], settings["scrub"])
 
 
 def format_ts(moment):
@@ -136,6 +139,11 @@ def _encode_metadata(metadata, limits, flags):
     except (TypeError, orjson.JSONEncodeError) as error:
         raise EntryError("metadata cannot be stored as JSON: {}".format(error)) from None
     _check_depth(metadata, encoded, limits.max_metadata_depth)
+    if limits.scrub and may_need_scrubbing(encoded):
+        scrubbed = scrub_value(metadata)
+        metadata.clear()
+        metadata.update(scrubbed)
+        encoded = orjson.dumps(metadata)
     if len(encoded) > limits.max_metadata_bytes:
         kept, dropped = _truncate_metadata(metadata, limits.max_metadata_bytes)
         flags["metadata"] = {"original_bytes": len(encoded), "dropped_keys": dropped}
@@ -161,10 +169,10 @@ def _user_id(entry):
     raise EntryError("user_id must be a string, got {}".format(type(value).__name__))
 
 
-def _exception(entry):
+def _exception(entry, scrub):
     value = entry.get("exception")
     if value is None:
-        return None
+        return None, None
     chain = value if isinstance(value, list) else [value]
     for item in chain:
         if not isinstance(item, dict):
@@ -172,7 +180,11 @@ def _exception(entry):
         frames = item.get("stacktrace")
         if frames is not None and not (isinstance(frames, list) and all(isinstance(f, dict) for f in frames)):
             raise EntryError("exception.stacktrace must be a list of frame objects")
-    return orjson.dumps(value).decode()
+    encoded = orjson.dumps(value)
+    if scrub and may_need_scrubbing(encoded):
+        value = scrub_value(value)
+        encoded = orjson.dumps(value)
+    return value, encoded.decode()
 
 
 def _fingerprint(entry):
@@ -202,11 +214,12 @@ def _metadata_with_extras(entry):
     return metadata
 
 
-def to_row(entry, received_at, max_ts, limits):
+def to_row(entry, received_at, max_ts, limits, fingerprinter=None):
     """Return the row tuple for `entry` (columns as in schema.LOG_COLUMNS).
 
     `received_at` is the formatted receive time, `max_ts` the formatted
-    latest timestamp accepted.
+    latest timestamp accepted; `fingerprinter(service, level, message,
+    exception, client_fingerprint)` returns the error group's fingerprint or None.
     """
     if not isinstance(entry, dict):
         raise EntryError("an entry must be a JSON object, got {}".format(type(entry).__name__))
@@ -227,11 +240,13 @@ def to_row(entry, received_at, max_ts, limits):
         raise EntryError("timestamp {} is more than {} s in the future".format(ts, limits.max_future_s))
     strings = _optional_strings(entry)
     user_id = _user_id(entry)
-    exception = _exception(entry)
-    fingerprint = _fingerprint(entry)
+    exception, exception_json = _exception(entry, limits.scrub)
+    client_fingerprint = _fingerprint(entry)
     metadata = _metadata_with_extras(entry)
-    if fingerprint is not None:
-        metadata["fingerprint"] = fingerprint
+    if client_fingerprint is not None:
+        metadata["fingerprint"] = client_fingerprint
+    if limits.scrub:
+        message = scrub_text(message)
     flags = {}
     if len(message) * 4 > limits.max_message_bytes:
         message, original = _truncate_utf8(message, limits.max_message_bytes)
@@ -243,6 +258,9 @@ def to_row(entry, received_at, max_ts, limits):
         encoded = orjson.dumps(metadata)
     if encoded is not None:
         encoded = encoded.decode()
+    fingerprint = None
+    if fingerprinter is not None:
+        fingerprint = fingerprinter(service, level, message, exception, client_fingerprint)
     trace_id, span_id, environment, release, host = strings
-    return (ts, level, service, message, None, trace_id, span_id, user_id,
-            environment, release, host, encoded, exception, received_at)
+    return (ts, level, service, message, fingerprint, trace_id, span_id, user_id,
+            environment, release, host, encoded, exception_json, received_at)

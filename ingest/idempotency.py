@@ -7,7 +7,6 @@ After a crash `reconcile` rebuilds the index from the segments.
 """
 import os
 import sqlite3
-import threading
 import time
 from datetime import timedelta
 
@@ -57,14 +56,10 @@ class IdempotencyStore:
 
     def __init__(self, data_dir, ttl_s, clock):
         self.data_dir, self.ttl_s, self.clock = data_dir, ttl_s, clock
-        self._local = threading.local()
         self._last_purge = 0.0
 
     def _meta(self):
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = self._local.con = catalog.connect_meta(self.data_dir)
-        return con
+        return catalog.connect_meta_cached(self.data_dir)
 
     def claim(self, key):
         """Return ("replay", response) for a finished key, ("busy", None) while another

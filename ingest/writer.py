@@ -46,8 +46,9 @@ class Batch:
 
 
 class Writer:
-    def __init__(self, data_dir, settings, clock=utc_now):
+    def __init__(self, data_dir, settings, clock=utc_now, on_commit=None):
         self.data_dir = data_dir
+        self.on_commit = on_commit  # called with the head's name after every commit
         self.settings = settings
         self.clock = clock
         self._pending = collections.deque()
@@ -171,6 +172,8 @@ class Writer:
             raise
         head.last_id = segments.max_id(con)
         head.note_rows(rows)
+        if self.on_commit is not None:
+            self.on_commit(head.name)
         self._finish_checkpoint(head)
         self.committed_entries += len(rows)
         self._catalog_dirty = True

@@ -5,12 +5,14 @@ import time
 
 from flask import Flask, g, request
 
-from ingest.entries import Limits
+from ingest import catalog, groups
+from ingest.entries import Limits, format_ts
+from ingest.fingerprint import Fingerprinter
 from ingest.idempotency import IdempotencyStore
 from ingest.writer import Writer, utc_now
 
 from . import jsonlog
-from .auth import TokenChecker, ensure_dev_token
+from .auth import ADMIN_TOKEN_FILE, TokenChecker, ensure_dev_token
 from .settings import load_settings
 
 
@@ -24,19 +26,34 @@ class Sidecar:
         self.limits = Limits.from_settings(settings)
         tokens = settings["ingest_tokens"] or [ensure_dev_token(self.data_dir)]
         self.tokens = TokenChecker(tokens, settings["auth_log_interval_s"])
-        self.writer = Writer(self.data_dir, settings, clock)
+        admin_tokens = settings["admin_tokens"] or [ensure_dev_token(self.data_dir, ADMIN_TOKEN_FILE)]
+        self.admin_tokens = TokenChecker(admin_tokens, settings["auth_log_interval_s"], kind="admin")
+        self.tracker = groups.GroupTracker(self.data_dir, clock, format_ts)
+        self.writer = Writer(self.data_dir, settings, clock, on_commit=self.tracker.notify)
         self.idempotency = IdempotencyStore(self.data_dir, settings["idempotency_ttl_s"], clock)
+        self.fingerprinter = None
+        self.meta = None
         self._closed = False
 
     def start(self):
         self.writer.start()
+        self.meta = catalog.connect_meta(self.data_dir)
+        groups.reconcile(self.meta, self.data_dir, format_ts(self.clock()))
+        self.fingerprinter = Fingerprinter.load(self.meta, self.settings["fingerprint_levels"])
+        self.tracker.start()
         atexit.register(self.close)
         return self
+
+    def save_templates(self):
+        if self.fingerprinter.dirty:
+            self.fingerprinter.save(catalog.connect_meta_cached(self.data_dir), format_ts(self.clock()))
 
     def close(self):
         if not self._closed:
             self._closed = True
             self.writer.stop()
+            self.tracker.stop()
+            self.save_templates()
 
 
 def create_app(config=None):
@@ -47,10 +64,12 @@ def create_app(config=None):
     sidecar = Sidecar(load_settings(config), clock).start()
     app = Flask(__name__)
     app.extensions["sidecar"] = sidecar
-    from . import errors, health_api, ingest_api
+    from . import errors, errors_api, health_api, ingest_api, sentry_api
     app.register_blueprint(errors.bp)
     app.register_blueprint(ingest_api.bp)
     app.register_blueprint(health_api.bp)
+    app.register_blueprint(errors_api.bp)
+    app.register_blueprint(sentry_api.bp)
     _log_requests(app)
     return app
 
@@ -65,8 +84,11 @@ def _log_requests(app):
         duration_ms = round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)
         level = "error" if response.status_code >= 500 else "warn" if response.status_code >= 400 else "info"
         # request.path carries no query string, where a sentry_key could be.
+        fields = dict(g.get("log_fields", {}))
+        if request.headers.get("Content-Encoding"):
+            fields["content_encoding"] = request.headers["Content-Encoding"]
         jsonlog.emit(level, "{} {} {}".format(request.method, request.path, response.status_code),
                      event="http.request", method=request.method, path=request.path,
                      status=response.status_code, duration_ms=duration_ms,
-                     remote_addr=request.remote_addr, **g.get("log_fields", {}))
+                     remote_addr=request.remote_addr, **fields)
         return response

@@ -11,11 +11,12 @@ from .errors import ApiError
 from . import jsonlog
 
 DEV_TOKEN_FILE = "dev-token"
+ADMIN_TOKEN_FILE = "dev-admin-token"
 
 
-def ensure_dev_token(data_dir):
-    """The local dev token: generated once, kept in `<data_dir>/dev-token` (mode 0600)."""
-    path = os.path.join(data_dir, DEV_TOKEN_FILE)
+def ensure_dev_token(data_dir, filename=DEV_TOKEN_FILE):
+    """A local dev token: generated once, kept in `<data_dir>/<filename>` (mode 0600)."""
+    path = os.path.join(data_dir, filename)
     os.makedirs(data_dir, exist_ok=True)
     try:
         with open(path) as handle:
@@ -24,7 +25,7 @@ def ensure_dev_token(data_dir):
             return token
     except FileNotFoundError:
         pass
-    token = "dev-" + secrets.token_urlsafe(24)
+    token = ("dev-admin-" if filename == ADMIN_TOKEN_FILE else "dev-") + secrets.token_urlsafe(24)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
@@ -32,8 +33,9 @@ def ensure_dev_token(data_dir):
 
 
 class TokenChecker:
-    def __init__(self, tokens, log_interval_s=10):
+    def __init__(self, tokens, log_interval_s=10, kind="ingest"):
         self._tokens = [token.encode() for token in tokens]
+        self.kind = kind
         self._log_interval_s = log_interval_s
         self._last_logged = {}
         self._suppressed = {}
@@ -52,7 +54,7 @@ class TokenChecker:
         reason = "invalid token" if presented else reason_if_missing
         self._log_failure(reason)
         raise ApiError(401, "unauthorized",
-                       "a valid ingest token is required: send 'Authorization: Bearer <token>'",
+                       "a valid {} token is required: send 'Authorization: Bearer <token>'".format(self.kind),
                        headers={"WWW-Authenticate": 'Bearer realm="sidecar"'})
 
     def _log_failure(self, reason):
@@ -66,7 +68,7 @@ class TokenChecker:
             suppressed = self._suppressed.pop(address, 0)
             if len(self._last_logged) > 10_000:  # bound memory under a scan from many addresses
                 self._last_logged.clear()
-        jsonlog.emit("warn", "authentication failed", event="security.auth_failed", reason=reason,
+        jsonlog.emit("warn", "authentication failed", event="security.auth_failed", reason=reason, kind=self.kind,
                      remote_addr=address, method=request.method, path=request.path,
                      suppressed_since_last=suppressed)
 

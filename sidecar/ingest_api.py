@@ -34,11 +34,13 @@ def validate_entries(entries, sidecar):
     received_at = format_ts(now)
     max_ts = format_ts(now + timedelta(seconds=sidecar.limits.max_future_s))
     rows, rejected = [], []
+    fingerprinter = sidecar.fingerprinter
     for index, entry in enumerate(entries):
         try:
-            rows.append(to_row(entry, received_at, max_ts, sidecar.limits))
+            rows.append(to_row(entry, received_at, max_ts, sidecar.limits, fingerprinter))
         except EntryError as error:
             rejected.append({"index": index, "error": str(error)})
+    sidecar.save_templates()
     return rows, rejected
 
 

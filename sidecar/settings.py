@@ -51,6 +51,9 @@ SETTINGS = (
     Setting("idempotency_ttl_s", 86400, "How long an `Idempotency-Key` is remembered.", int),
     Setting("request_timeout_s", 30, "How long a request waits for its batch to be committed before answering 503.", int),
     Setting("catalog_update_interval_ms", 1000, "How often the writer refreshes its head segment's row in the catalog.", int),
+    Setting("scrub", True, "Replace values under sensitive keys (password, token, cookie, ...) and credit-card numbers with `[Filtered]` before storing. `false` turns it off.", bool),
+    Setting("fingerprint_levels", ["error", "critical"], "Levels whose entries are fingerprinted into error groups (entries with an exception always are); add `warn` to group warnings too.", list),
+    Setting("admin_tokens", [], "Comma-separated bearer tokens for the read and admin API (`/api/errors`, ...). Separate from ingest tokens: an ingest token never reads. None on loopback: a dev admin token is generated once into `<data_dir>/dev-admin-token`.", list),
     Setting("memory_limit_bytes", 512 * MiB, "Memory the host allows the sidecar; `/api/health` reports RSS against it.", int),
     Setting("auth_log_interval_s", 10, "Failed authentication attempts are logged at most once per this interval per client address.", int),
 )
@@ -61,6 +64,13 @@ SYNCHRONOUS_MODES = ("full", "normal")
 def _convert(setting, raw):
     if setting.kind is list:
         return [part.strip() for part in raw.split(",") if part.strip()]
+    if setting.kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError("{} must be true or false, got {!r}".format(setting.env_name, raw))
     if setting.kind is int:
         try:
             return int(raw)
@@ -119,9 +129,14 @@ def check_settings(values):
         raise SettingsError(
             "refusing to listen on {} without ingest tokens: set SIDECAR_INGEST_TOKENS "
             "(comma-separated), or bind to 127.0.0.1".format(values["host"]))
-    for token in values["ingest_tokens"]:
-        if len(token) < 16:
-            raise SettingsError("every token in SIDECAR_INGEST_TOKENS must be at least 16 characters long")
+    for name in ("ingest_tokens", "admin_tokens"):
+        if any(len(token) < 16 for token in values[name]):
+            raise SettingsError("every token in SIDECAR_{} must be at least 16 characters long".format(name.upper()))
+    if set(values["ingest_tokens"]) & set(values["admin_tokens"]):
+        raise SettingsError("SIDECAR_ADMIN_TOKENS and SIDECAR_INGEST_TOKENS must not share a token")
+    unknown_levels = set(values["fingerprint_levels"]) - {"debug", "info", "warn", "error", "critical"}
+    if unknown_levels:
+        raise SettingsError("SIDECAR_FINGERPRINT_LEVELS has unknown levels: " + ", ".join(sorted(unknown_levels)))
 
 
 def settings_markdown():
@@ -130,6 +145,8 @@ def settings_markdown():
         default = setting.default
         if isinstance(default, list):
             default = ",".join(default) or "(none)"
+        elif isinstance(default, bool):
+            default = "true" if default else "false"
         extra = " (also `{}`)".format(setting.env) if setting.env else ""
         lines.append("| `{}`{} | `{}` | {} |".format(setting.env_name, extra, default, setting.help))
     return "\n".join(lines) + "\n"

@@ -62,6 +62,14 @@ def test_gzip_bomb_stops_at_the_cap():
     assert caught.value.status == 413 and caught.value.code == "body_too_large"
 
 
+def test_brotli_body_and_bomb():
+    import brotli
+    assert decompress(brotli.compress(b"hello" * 100), "br", 1000) == b"hello" * 100
+    with pytest.raises(BodyError) as caught:
+        decompress(brotli.compress(b"\0" * 50_000_000), "br", 1_000_000)
+    assert caught.value.status == 413
+
+
 def test_uncompressed_body_over_the_cap():
     with pytest.raises(BodyError) as caught:
         decompress(b"x" * 101, None, 100)
@@ -71,7 +79,8 @@ def test_uncompressed_body_over_the_cap():
 @pytest.mark.parametrize("body, encoding, status, code", [
     (b"not gzip at all", "gzip", 400, "invalid_encoding"),
     (gzip.compress(b"x" * 1000)[:-12], "gzip", 400, "invalid_encoding"),
-    (b"data", "br", 415, "unsupported_encoding"),
+    (b"data", "zstd", 415, "unsupported_encoding"),
+    (b"\xff\xfenot brotli", "br", 400, "invalid_encoding"),
 ])
 def test_bad_encodings(body, encoding, status, code):
     with pytest.raises(BodyError) as caught:

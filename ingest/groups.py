@@ -1,0 +1,250 @@
+"""Error groups in meta.db, kept exact by tailing the segments.
+
+The segments are the record. A tracker thread reads each segment's new rows
+that carry a fingerprint (`id` above the segment's watermark in
+`error_sync`) and folds them into `error_groups`, `error_group_users` and
+`error_group_hours` in the same meta.db transaction that moves the
+watermark. So a group's count always equals its stored events: after a
+kill -9, start-up catches up from the watermarks (`reconcile`).
+"""
+import logging
+import os
+import sqlite3
+import threading
+from collections import defaultdict
+
+import orjson
+
+from . import catalog, segments
+
+log = logging.getLogger("sidecar.groups")
+STATUSES = ("unresolved", "resolved", "ignored")
+
+GROUP_TABLES = """
+CREATE TABLE IF NOT EXISTS error_groups (
+    fingerprint TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    culprit TEXT,
+    type TEXT,
+    service TEXT NOT NULL,
+    level TEXT NOT NULL,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 0,
+    users_affected INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'unresolved',
+    status_changed_at TEXT,
+    last_release TEXT,
+    regressed_at TEXT,
+    ignore_until_count INTEGER,
+    ignore_until TEXT,
+    count_at_ignore INTEGER
+);
+CREATE INDEX IF NOT EXISTS error_groups_last_seen ON error_groups(last_seen);
+CREATE TABLE IF NOT EXISTS error_group_users (
+    fingerprint TEXT NOT NULL, user_id TEXT NOT NULL, PRIMARY KEY (fingerprint, user_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS error_group_hours (
+    fingerprint TEXT NOT NULL, hour TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (fingerprint, hour)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS error_sync (segment TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS templates (
+    cluster_id TEXT PRIMARY KEY, template TEXT NOT NULL, size INTEGER NOT NULL, updated_at TEXT NOT NULL
+);
+"""
+
+_NEW_ROWS = ("SELECT id, ts, level, service, message, fingerprint, user_id, release, exception, received_at "
+             "FROM logs WHERE id > ? AND id <= ? AND fingerprint IS NOT NULL ORDER BY id")
+
+
+def ensure_schema(meta):
+    with catalog.immediate(meta):
+        for statement in GROUP_TABLES.split(";"):
+            if statement.strip():
+                meta.execute(statement)
+
+
+def describe(message, exception_json):
+    """(title, culprit, type) of an event, as Sentry shows them."""
+    if not exception_json:
+        return message.split("\n", 1)[0][:200], None, None
+    chain = orjson.loads(exception_json)
+    last = chain[-1] if isinstance(chain, list) else chain
+    kind = str(last.get("type") or "Error")
+    value = str(last.get("value") or "").split("\n", 1)[0]
+    frames = [f for f in last.get("stacktrace") or [] if isinstance(f, dict)]
+    in_app = [f for f in frames if f.get("in_app")] or frames
+    culprit = None
+    if in_app:
+        top = in_app[-1]
+        culprit = "{} in {}".format(top.get("module") or top.get("filename") or "?", top.get("function") or "?")
+    return ("{}: {}".format(kind, value) if value else kind)[:200], culprit, kind
+
+
+def _fold(rows):
+    """Per fingerprint: count, first/last seen, users, hours, and the newest event's fields."""
+    groups = {}
+    for row in rows:
+        _id, ts, level, service, message, fingerprint, user_id, release, exception, received_at = row
+        group = groups.get(fingerprint)
+        if group is None:
+            group = groups[fingerprint] = {"count": 0, "first": ts, "last": ts, "users": set(),
+                                           "hours": defaultdict(int), "received": received_at}
+        group["count"] += 1
+        group["first"] = min(group["first"], ts)
+        if ts >= group["last"]:
+            group["last"] = ts
+            group["latest"] = (level, service, message, release, exception)
+        group.setdefault("latest", (level, service, message, release, exception))
+        group["received"] = max(group["received"], received_at)
+        if user_id:
+            group["users"].add(user_id)
+        group["hours"][ts[:13]] += 1
+    return groups
+
+
+def _apply(meta, fingerprint, group, now_text):
+    level, service, message, release, exception = group["latest"]
+    title, culprit, kind = describe(message, exception)
+    meta.execute(
+        "INSERT INTO error_groups (fingerprint, title, culprit, type, service, level, first_seen, last_seen, "
+        "count, status, status_changed_at, last_release) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'unresolved', ?, ?) "
+        "ON CONFLICT(fingerprint) DO UPDATE SET count = count + excluded.count, "
+        "first_seen = min(first_seen, excluded.first_seen), "
+        "title = CASE WHEN excluded.last_seen >= last_seen THEN excluded.title ELSE title END, "
+        "culprit = CASE WHEN excluded.last_seen >= last_seen THEN excluded.culprit ELSE culprit END, "
+        "level = CASE WHEN excluded.last_seen >= last_seen THEN excluded.level ELSE level END, "
+        "last_release = coalesce(CASE WHEN excluded.last_seen >= last_seen THEN excluded.last_release END, last_release), "
+        "last_seen = max(last_seen, excluded.last_seen)",
+        (fingerprint, title, culprit, kind, service, level, group["first"], group["last"], group["count"],
+         now_text, release))
+    meta.executemany("INSERT OR IGNORE INTO error_group_users VALUES (?, ?)",
+                     [(fingerprint, user) for user in group["users"]])
+    meta.executemany("INSERT INTO error_group_hours VALUES (?, ?, ?) ON CONFLICT(fingerprint, hour) "
+                     "DO UPDATE SET count = count + excluded.count",
+                     [(fingerprint, hour, count) for hour, count in group["hours"].items()])
+    if group["users"]:
+        meta.execute("UPDATE error_groups SET users_affected = (SELECT count(*) FROM error_group_users "
+                     "WHERE fingerprint = ?1) WHERE fingerprint = ?1", (fingerprint,))
+    # Workflow: a resolved group that gets an event received after its resolution has regressed;
+    # an ignored group wakes up after its N more events.
+    meta.execute(
+        "UPDATE error_groups SET status = 'unresolved', status_changed_at = ?2, regressed_at = ?2, "
+        "ignore_until_count = NULL, ignore_until = NULL WHERE fingerprint = ?1 AND status = 'resolved' "
+        "AND status_changed_at < ?3", (fingerprint, now_text, group["received"]))
+    meta.execute(
+        "UPDATE error_groups SET status = 'unresolved', status_changed_at = ?2, ignore_until_count = NULL, "
+        "ignore_until = NULL WHERE fingerprint = ?1 AND status = 'ignored' AND ignore_until_count IS NOT NULL "
+        "AND count - count_at_ignore >= ignore_until_count", (fingerprint, now_text))
+
+
+def sync_segment(meta, data_dir, name, now_text):
+    """Fold the rows of `name` above its watermark into the groups; return how many were folded."""
+    path = os.path.join(segments.segments_dir(data_dir), name)
+    try:
+        con = sqlite3.connect("file:{}?mode=ro".format(path), uri=True, timeout=30)
+    except sqlite3.Error:
+        return 0
+    try:
+        high, = con.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()
+        row = meta.execute("SELECT last_id FROM error_sync WHERE segment = ?", (name,)).fetchone()
+        low = row[0] if row else 0
+        if high <= low:
+            return 0
+        rows = con.execute(_NEW_ROWS, (low, high)).fetchall()
+    except sqlite3.Error as error:
+        log.warning("reading %s for error groups: %s", name, error)
+        return 0
+    finally:
+        con.close()
+    with catalog.immediate(meta):
+        current = meta.execute("SELECT last_id FROM error_sync WHERE segment = ?", (name,)).fetchone()
+        if (current[0] if current else 0) != low:
+            return 0  # another process folded these rows meanwhile
+        for fingerprint, group in _fold(rows).items():
+            _apply(meta, fingerprint, group, now_text)
+        meta.execute("INSERT OR REPLACE INTO error_sync VALUES (?, ?)", (name, high))
+    return len(rows)
+
+
+def wake_expired_ignores(meta, now_text):
+    with catalog.immediate(meta):
+        meta.execute("UPDATE error_groups SET status = 'unresolved', status_changed_at = ?1, ignore_until = NULL, "
+                     "ignore_until_count = NULL WHERE status = 'ignored' AND ignore_until IS NOT NULL "
+                     "AND ignore_until <= ?1", (now_text,))
+
+
+def reconcile(meta, data_dir, now_text):
+    """At start-up: fold whatever a crash left unfolded, in every segment."""
+    ensure_schema(meta)
+    names = [row["name"] for row in meta.execute("SELECT name FROM segments ORDER BY day, seq")]
+    folded = sum(sync_segment(meta, data_dir, name, now_text) for name in names)
+    with catalog.immediate(meta):
+        meta.execute("DELETE FROM error_sync WHERE segment NOT IN (SELECT name FROM segments)")
+    return folded
+
+
+class GroupTracker:
+    """The thread that folds each commit's error rows into the groups, off the writer's path."""
+
+    def __init__(self, data_dir, clock, format_ts):
+        self.data_dir, self.clock, self.format_ts = data_dir, clock, format_ts
+        self._names = set()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="sidecar-groups", daemon=True)
+        self._last_wake_check = None
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def notify(self, name):
+        with self._cond:
+            self._names.add(name)
+            self._cond.notify()
+
+    def stop(self):
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(30)
+
+    def flush(self, timeout=10):
+        """Wait until every notified segment is folded (tests and shutdown)."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._names and not getattr(self, "_busy", False), timeout)
+
+    def _run(self):
+        meta = catalog.connect_meta(self.data_dir)
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._names or self._stopping, 60)
+                names, self._names = self._names, set()
+                self._busy = bool(names)
+                stopping = self._stopping
+            now_text = self.format_ts(self.clock())
+            failed = False
+            for name in sorted(names):
+                try:
+                    sync_segment(meta, self.data_dir, name, now_text)
+                except sqlite3.Error as error:
+                    log.error("folding %s into error groups: %s", name, error)
+                    failed = True
+                    with self._cond:
+                        self._names.add(name)  # try again on the next round
+            if now_text[:16] != self._last_wake_check:
+                self._last_wake_check = now_text[:16]
+                try:
+                    wake_expired_ignores(meta, now_text)
+                except sqlite3.Error as error:
+                    log.error("waking ignored groups: %s", error)
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+            if stopping:
+                meta.close()
+                return
+            if failed:  # a full disk, say: do not spin
+                with self._cond:
+                    self._cond.wait(1)
