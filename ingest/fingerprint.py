@@ -50,19 +50,26 @@ def stack_parts(exception):
 
 
 class Fingerprinter:
-    """Thread-safe: request threads share one miner behind a lock."""
+    """Thread-safe: request threads share the miners behind a lock.
 
-    def __init__(self, miner=None, levels=("error", "critical")):
-        self.miner = miner or TemplateMiner()
+    One miner per service: one service's messages never generalise another's
+    templates, and the candidates a message is compared with stay few.
+    """
+
+    def __init__(self, miners=None, levels=("error", "critical")):
+        self.miners = miners or {}
         self.levels = frozenset(levels)
         self._lock = threading.Lock()
-        self.dirty = set()  # cluster ids created or changed since the last save
+        self.dirty = set()  # (service, cluster id) created or changed since the last save
 
     @classmethod
     def load(cls, meta, levels):
-        """A fingerprinter whose miner resumes from the templates saved in meta.db."""
-        rows = [tuple(row) for row in meta.execute("SELECT cluster_id, template, size FROM templates")]
-        return cls(TemplateMiner.from_clusters(rows) if rows else TemplateMiner(), levels)
+        """A fingerprinter whose miners resume from the templates saved in meta.db."""
+        by_service = {}
+        for service, cluster_id, template, size in meta.execute(
+                "SELECT service, cluster_id, template, size FROM templates"):
+            by_service.setdefault(service, []).append((cluster_id, template, size))
+        return cls({service: TemplateMiner.from_clusters(rows) for service, rows in by_service.items()}, levels)
 
     def save(self, meta, now_text):
         """Persist the clusters created or changed since the last save."""
@@ -70,16 +77,21 @@ class Fingerprinter:
             if not self.dirty:
                 return
             dirty, self.dirty = self.dirty, set()
-            rows = [(cid, template, size, now_text) for cid, template, size in self.miner.clusters() if cid in dirty]
+            rows = [(service, cid, template, size, now_text)
+                    for service in {service for service, _ in dirty}
+                    for cid, template, size in self.miners[service].clusters() if (service, cid) in dirty]
         from .catalog import immediate
         with immediate(meta):
-            meta.executemany("INSERT OR REPLACE INTO templates VALUES (?, ?, ?, ?)", rows)
+            meta.executemany("INSERT OR REPLACE INTO templates VALUES (?, ?, ?, ?, ?)", rows)
 
-    def template_id(self, text):
+    def template_id(self, service, text):
         with self._lock:
-            cluster_id, changed = self.miner.add(text)
+            miner = self.miners.get(service)
+            if miner is None:
+                miner = self.miners[service] = TemplateMiner()
+            cluster_id, changed = miner.add(text)
             if changed:
-                self.dirty.add(cluster_id)
+                self.dirty.add((service, cluster_id))
         return cluster_id
 
     def default(self, service, message, exception):
@@ -89,8 +101,8 @@ class Fingerprinter:
                 return _digest(service, "stack", *parts)
             last = _chain(exception)[-1]
             value = str(last.get("value") or message)
-            return _digest(service, "exception", str(last.get("type") or "Error"), self.template_id(value))
-        return _digest(service, "message", self.template_id(message))
+            return _digest(service, "exception", str(last.get("type") or "Error"), self.template_id(service, value))
+        return _digest(service, "message", self.template_id(service, message))
 
     def __call__(self, service, level, message, exception=None, client_fingerprint=None):
         if level not in self.levels and not exception:
@@ -104,26 +116,26 @@ class Fingerprinter:
 
 def main():
     import sys
+    from datetime import datetime, timezone
 
     import orjson
-
-    from datetime import datetime, timezone
 
     from .entries import EntryError, Limits, format_ts, to_row
 
     fingerprinter = Fingerprinter()
     limits = Limits()
-    out = sys.stdout
+    received_at = format_ts(datetime.now(timezone.utc))  # timestamps do not change fingerprints
+    out = []
     for line in sys.stdin.buffer:
         if not line.strip():
             continue
-        now = datetime.now(timezone.utc)
         try:
-            row = to_row(orjson.loads(line), format_ts(now), "9999-12-31T23:59:59.999Z", limits, fingerprinter)
-            out.write((row[4] or "") + "\n")
+            row = to_row(orjson.loads(line), received_at, "9999-12-31T23:59:59.999Z", limits, fingerprinter)
+            out.append(row[4] or "")
         except (EntryError, orjson.JSONDecodeError):
-            out.write("\n")
-    out.flush()
+            out.append("")
+    sys.stdout.write("\n".join(out) + ("\n" if out else ""))
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

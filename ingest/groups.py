@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS error_groups (
     regressed_at TEXT,
     ignore_until_count INTEGER,
     ignore_until TEXT,
-    count_at_ignore INTEGER
+    count_at_ignore INTEGER,
+    events_stored INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS error_groups_last_seen ON error_groups(last_seen);
 CREATE TABLE IF NOT EXISTS error_group_users (
@@ -48,8 +49,12 @@ CREATE TABLE IF NOT EXISTS error_group_hours (
     fingerprint TEXT NOT NULL, hour TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (fingerprint, hour)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS error_sync (segment TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS error_stored (
+    segment TEXT NOT NULL, fingerprint TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (segment, fingerprint)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS templates (
-    cluster_id TEXT PRIMARY KEY, template TEXT NOT NULL, size INTEGER NOT NULL, updated_at TEXT NOT NULL
+    service TEXT NOT NULL, cluster_id TEXT NOT NULL, template TEXT NOT NULL, size INTEGER NOT NULL,
+    updated_at TEXT NOT NULL, PRIMARY KEY (service, cluster_id)
 );
 """
 
@@ -103,7 +108,7 @@ def _fold(rows):
     return groups
 
 
-def _apply(meta, fingerprint, group, now_text):
+def _apply(meta, segment, fingerprint, group, now_text):
     level, service, message, release, exception = group["latest"]
     title, culprit, kind = describe(message, exception)
     meta.execute(
@@ -118,6 +123,10 @@ def _apply(meta, fingerprint, group, now_text):
         "last_seen = max(last_seen, excluded.last_seen)",
         (fingerprint, title, culprit, kind, service, level, group["first"], group["last"], group["count"],
          now_text, release))
+    meta.execute("INSERT INTO error_stored VALUES (?, ?, ?) ON CONFLICT(segment, fingerprint) "
+                 "DO UPDATE SET count = count + excluded.count", (segment, fingerprint, group["count"]))
+    meta.execute("UPDATE error_groups SET events_stored = events_stored + ? WHERE fingerprint = ?",
+                 (group["count"], fingerprint))
     meta.executemany("INSERT OR IGNORE INTO error_group_users VALUES (?, ?)",
                      [(fingerprint, user) for user in group["users"]])
     meta.executemany("INSERT INTO error_group_hours VALUES (?, ?, ?) ON CONFLICT(fingerprint, hour) "
@@ -162,9 +171,41 @@ def sync_segment(meta, data_dir, name, now_text):
         if (current[0] if current else 0) != low:
             return 0  # another process folded these rows meanwhile
         for fingerprint, group in _fold(rows).items():
-            _apply(meta, fingerprint, group, now_text)
+            _apply(meta, name, fingerprint, group, now_text)
         meta.execute("INSERT OR REPLACE INTO error_sync VALUES (?, ?)", (name, high))
     return len(rows)
+
+
+def _set_stored(meta, segment, counts):
+    """Make error_stored of `segment` equal `counts` and move events_stored by the difference."""
+    old = {row[0]: row[1] for row in meta.execute(
+        "SELECT fingerprint, count FROM error_stored WHERE segment = ?", (segment,))}
+    for fingerprint in old.keys() | counts.keys():
+        delta = counts.get(fingerprint, 0) - old.get(fingerprint, 0)
+        if delta:
+            meta.execute("UPDATE error_groups SET events_stored = events_stored + ? WHERE fingerprint = ?",
+                         (delta, fingerprint))
+    meta.execute("DELETE FROM error_stored WHERE segment = ?", (segment,))
+    meta.executemany("INSERT INTO error_stored VALUES (?, ?, ?)",
+                     [(segment, fingerprint, count) for fingerprint, count in counts.items() if count])
+
+
+def recount_segment(meta, con, segment):
+    """After rows were deleted from a segment: its stored events per group, from the file."""
+    last_id, = meta.execute("SELECT coalesce(max(last_id), 0) FROM error_sync WHERE segment = ?",
+                            (segment,)).fetchone()
+    counts = dict(con.execute("SELECT fingerprint, count(*) FROM logs WHERE fingerprint IS NOT NULL AND id <= ? "
+                              "GROUP BY fingerprint", (last_id,)).fetchall())
+    with catalog.immediate(meta):
+        _set_stored(meta, segment, counts)
+
+
+def forget_segment(meta, segment):
+    """A segment file is gone: its events no longer count as stored; group counts stay."""
+    with catalog.immediate(meta):
+        _set_stored(meta, segment, {})
+        meta.execute("DELETE FROM error_sync WHERE segment = ?", (segment,))
+        meta.execute("DELETE FROM segments WHERE name = ?", (segment,))
 
 
 def wake_expired_ignores(meta, now_text):
@@ -179,8 +220,11 @@ def reconcile(meta, data_dir, now_text):
     ensure_schema(meta)
     names = [row["name"] for row in meta.execute("SELECT name FROM segments ORDER BY day, seq")]
     folded = sum(sync_segment(meta, data_dir, name, now_text) for name in names)
-    with catalog.immediate(meta):
-        meta.execute("DELETE FROM error_sync WHERE segment NOT IN (SELECT name FROM segments)")
+    gone = [row[0] for row in meta.execute(
+        "SELECT segment FROM error_sync WHERE segment NOT IN (SELECT name FROM segments) UNION "
+        "SELECT segment FROM error_stored WHERE segment NOT IN (SELECT name FROM segments)")]
+    for segment in gone:
+        forget_segment(meta, segment)
     return folded
 
 

@@ -11,7 +11,8 @@ FILTERED = "[Filtered]"
 SENSITIVE_KEY_PARTS = ("password", "passwd", "secret", "api_key", "apikey", "auth", "credentials",
                        "private_key", "token", "cookie", "authorization", "session")
 _SENSITIVE_KEY = re.compile("|".join(SENSITIVE_KEY_PARTS), re.IGNORECASE)
-_CARD = re.compile(r"(?<![\d.])\d(?:[ -]?\d){12,18}(?![\d.])")
+# Not after a word character, dot or dash: ids such as blk_-6952295868487656571 are not cards.
+_CARD = re.compile(r"(?<![\w.-])[2-6](?:[ -]?\d){12,18}(?![\w.])")
 _MAYBE = re.compile(("(?i)" + "|".join(SENSITIVE_KEY_PARTS) + r"|\d[\d -]{11,}\d").encode())
 
 
@@ -25,9 +26,21 @@ def luhn_ok(digits):
     return total % 10 == 0
 
 
+def _issuer_length_ok(digits):
+    """Lengths the card networks issue for a leading digit (Visa, Mastercard, Amex, Diners, JCB, Discover...)."""
+    first, length = digits[0], len(digits)
+    if first == "4":
+        return length in (13, 16, 19)
+    if first in "25":
+        return length == 16
+    if first == "3":
+        return length in (14, 15, 16, 17, 18, 19)
+    return first == "6" and 16 <= length <= 19
+
+
 def _mask_card(match):
-    digits = re.sub(r"[ -]", "", match.group(0))
-    return FILTERED if 13 <= len(digits) <= 19 and luhn_ok(digits) else match.group(0)
+    digits = match.group(0).replace(" ", "").replace("-", "")
+    return FILTERED if _issuer_length_ok(digits) and luhn_ok(digits) else match.group(0)
 
 
 def scrub_text(text):

@@ -13,26 +13,30 @@ WILDCARD = "<*>"
 # (pattern, substring the message must hold for the pattern to apply, needs a digit).
 # The gates skip most patterns for most messages: masking is the hot path.
 # Order matters: wide patterns (URLs, timestamps, IPs) first, so that the
-# number rule at the end does not cut them into pieces.
+# number rule at the end does not cut them into pieces. A pattern that starts
+# with a repeated class has a look-behind on that class: it may only start where
+# a run starts, which keeps the scan linear on hostile input.
 _HEX = r"[0-9a-fA-F]"
 _DAYS = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
 _MONTHS = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
 _MASKS = [
-    (r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s,;\"'<>)\]]*", "://", False),                  # URL
-    (r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[a-zA-Z]{2,}\b", "@", False),                   # email
+    # What the sidecar's scrubber (or another) left in place of a value.
+    (r"[-+]?\[(?:Filtered|REDACTED|Redacted|redacted)\]", "[", False),
+    (r"(?<![\w+.-])[a-zA-Z][a-zA-Z0-9+.-]*://[^\s,;\"'<>)\]]*", "://", False),                  # URL
+    (r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[a-zA-Z]{2,}\b", "@", False),                   # email
     (r"\b{h}{{8}}-{h}{{4}}-{h}{{4}}-{h}{{4}}-{h}{{12}}\b".format(h=_HEX), "-", True),  # UUID
     # ctime / syslog: "Sun Jul 24 03:15:55 2005", "Jul 24 03:15:55"
     (r"\b(?:{d},?\s+)?{m}\s+\d{{1,2}},?\s+(?:\d{{4}}\s+)?\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?"
      r"(?:\s+[A-Z]{{3,4}})?(?:\s+\d{{4}})?\b".format(d=_DAYS, m=_MONTHS), ":", True),
     (r"\b\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:Z|[+-]\d\d:?\d\d)?)?\b", "-", True),  # ISO
-    (r"\b(?:{h}{{2}}[:-]){{5,}}{h}{{2}}\b".format(h=_HEX), "", True),                   # MAC, EUI
+    (r"(?<![\w:-])(?:{h}{{2}}[:-]){{5,}}{h}{{2}}\b".format(h=_HEX), "", True),                   # MAC, EUI
     (r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?(?![\w.])", ".", True),              # IPv4[:port]
-    (r"(?<![\w:.])(?=[\[:0-9a-fA-F]*\d)\[?(?:{h}{{0,4}}:){{2,7}}{h}{{0,4}}\]?(?::\d+)?(?![\w:])"
+    (r"(?<![\w:.])(?=[\[:0-9a-fA-F]{{0,41}}\d)\[?(?:{h}{{0,4}}:){{2,7}}{h}{{0,4}}\]?(?::\d+)?(?![\w:])"
      .format(h=_HEX), ":", True),                                                        # IPv6, h:m:s
     (r"\b\d{1,2}:\d\d(?::\d\d(?:[.,]\d+)?)?\b", ":", True),                             # time of day
     (r"(?<![\w.])\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}(?![\w.])", "", True),                  # other dates
     (r"(?:(?<=[\s=(\[\"':,])|^)(?:~|\.{1,2})?(?:/[\w.@%+~$#-]+)+/?", "/", False),      # absolute path
-    (r"(?<![\w/])[\w.-]+(?:/[\w.@%+~$#-]+){2,}/?", "/", False),                         # relative a/b/c
+    (r"(?<![\w./-])[\w.-]+(?:/[\w.@%+~$#-]+){2,}/?", "/", False),                         # relative a/b/c
     (r"\b[a-zA-Z]:\\[^\s]*", ":\\", False),                                             # Windows path
     (r"\b0[xX]{h}+\b|\b(?=[a-fA-F]*\d)(?=\d*[a-fA-F]){h}{{8,}}\b".format(h=_HEX), "", True),  # hex
     # Durations and sizes: "12ms", "9.2 KB", "<1 sec"; the unit goes too, as its
@@ -46,11 +50,12 @@ _MASKS = [
 ]
 _MASK_RE = [(re.compile(pattern), gate, digit) for pattern, gate, digit in _MASKS]
 # key=value: the value goes, the key stays (it names the field).
-_KEY_VALUE_RE = re.compile(r"(\b[\w.-]+=)(?!<\*>)[^\s,;&)\]}]+")
+_KEY_VALUE_RE = re.compile(r"((?<![\w.-])[\w.-]+=)(?!<\*>)[^\s,;&)\]}]+")
 _DIGIT_RE = re.compile(r"\d")
 
 
 def mask(message: str) -> str:
+    """The message with its variable parts replaced by <*>; pure, deterministic."""
     digits = _DIGIT_RE.search(message) is not None
     for pattern, gate, digit in _MASK_RE:
         if (digits or not digit) and gate in message:
@@ -60,27 +65,57 @@ def mask(message: str) -> str:
     return message
 
 
+_WILD_ONLY_RE = re.compile(r"[^\w<]*(?:<\*>[^\w<]*)+")
+
+
 def _tokens(masked):
-    """Whitespace tokens; a run of tokens made only of placeholders and punctuation
-    ("<*>", "(<*>)", "<*>:<*>,") becomes one "<*>": a variable that spans several
-    tokens ("9.2 KB", "1 (2 KB)", a list) must not change the token count."""
+    """Whitespace tokens; a token made only of placeholders and punctuation ("<*>",
+    "(<*>)", "<*>:<*>,") becomes "<*>", and is dropped after a token that ends in a
+    placeholder: a value that spans several tokens ("9.2 KB", "1 (2 KB)", a list,
+    "x:1 2 3" that a scrubber turned into "x:[Filtered]") keeps the count stable."""
     tokens = []
     for token in masked.split():
         if _WILD_ONLY_RE.fullmatch(token):
-            if tokens and tokens[-1] == WILDCARD:
+            if tokens and tokens[-1].endswith(WILDCARD):
                 continue
             token = WILDCARD
         tokens.append(token)
     return tokens
 
 
-_WILD_ONLY_RE = re.compile(r"[^\w<]*(?:<\*>[^\w<]*)+")
 def _variable(token):
+    """A token that holds a placeholder or a digit is (part of) a value, not a word."""
     return WILDCARD in token or _DIGIT_RE.search(token) is not None
 
 
-def cluster_id(template):
-    return hashlib.sha1(template.encode("utf-8")).hexdigest()[:16]
+def _similarity(template, tokens):
+    """(share of equal tokens among the positions that carry evidence, equal tokens).
+
+    Equal tokens count for (pure placeholders excepted); a word facing anything
+    else counts against. No evidence either way: a position the template has
+    already generalised, and two different values ("blk_<*>" / "<*>", "ssh2" /
+    "ssh1"): that is where templates legitimately differ.
+    """
+    same = total = 0
+    for mine, theirs in zip(template, tokens):
+        if mine == theirs:
+            if mine != WILDCARD:
+                same += 1
+                total += 1
+        elif mine != WILDCARD and not (_variable(mine) and _variable(theirs)):
+            total += 1
+    if total == 0:
+        # Only values: the same message only if the templates' values agree.
+        return (1.0 if all(m == t or m == WILDCARD for m, t in zip(template, tokens)) else 0.0), 0
+    return same / total, same
+
+
+def _key(tokens):
+    """Index key: token count and first word (Drain's prefix tree of depth 1); a
+    first token that is a value goes under <*>."""
+    if not tokens:
+        return 0, ""
+    return len(tokens), WILDCARD if _variable(tokens[0]) else tokens[0]
 
 
 class _Cluster:
@@ -91,73 +126,45 @@ class _Cluster:
 
 
 class TemplateMiner:
+    """Online clustering of masked messages; state = the clusters' templates.
+
+    A message joins the most similar template with the same token count and
+    first word when at least three quarters of the evidence agrees (see
+    `_similarity`); the positions that differ become <*>. One mismatching word
+    in four is what separates "user alice" / "user bob" (one template) from
+    short messages that differ in their verb (two templates). Ties go to the
+    template with more equal words (the most specific), then to the smallest id,
+    so the choice never depends on the order in which persisted rows come back.
+    """
+    # Exact in binary floating point: 6/8 == 0.75, so ties at the edge are kept.
     threshold = 0.75
+    # A message is compared with every template of its bucket: past this many
+    # (random text, an attack), new messages group by their exact masked text
+    # instead, so the cost per message stays bounded.
+    max_bucket = 100
+    # Likewise for memory and meta.db: a service with more templates than this is
+    # sending text that is not logging; new shapes then group by exact masked text.
+    max_clusters = 5000
 
     def __init__(self):
-        self._clusters = {}        # id -> _Cluster, in creation order
-        self._index = {}           # (token count, first token or <*>) -> [_Cluster]
-
-    @staticmethod
-    def _key(tokens):
-        first = tokens[0] if tokens else ""
-        return len(tokens), WILDCARD if _variable(first) else first
-
-    def _insert(self, cluster):
-        self._clusters[cluster.id] = cluster
-        self._index.setdefault(self._key(cluster.tokens), []).append(cluster)
-
-    def _candidates(self, tokens):
-        count, first = self._key(tokens)
-        found = list(self._index.get((count, first), ()))
-        if first != WILDCARD:
-            found += self._index.get((count, WILDCARD), ())
-        return found
-
-    wild_neutral = True
-
-    def _similarity(self, template, tokens):
-        """Jaccard over the constant positions: equal tokens count for, a constant
-        facing anything else against; variable facing variable is neutral."""
-        same = total = 0
-        for mine, theirs in zip(template, tokens):
-            if mine == theirs:
-                if mine != WILDCARD:
-                    same += 1
-                    total += 1
-            elif mine == WILDCARD and self.wild_neutral:
-                continue
-            elif not (_variable(mine) and _variable(theirs)):
-                total += 1
-        return same / total if total else 0.0
-
-    def _match(self, tokens):
-        best, best_score = None, -1.0
-        for cluster in self._candidates(tokens):
-            score = self._similarity(cluster.tokens, tokens)
-            if score > best_score:
-                best, best_score = cluster, score
-        return best if best_score >= self.threshold else None
+        self._clusters = {}     # id -> _Cluster, in creation order
+        self._index = {}        # _key(template) -> [_Cluster]
 
     def add(self, message: str) -> tuple[str, bool]:
         tokens = _tokens(mask(message))
         cluster = self._match(tokens)
         if cluster is None:
-            cluster = _Cluster(cluster_id(" ".join(tokens)), tokens, 1)
+            if len(self._index.get(_key(tokens), ())) >= self.max_bucket or len(self._clusters) >= self.max_clusters:
+                return hashlib.sha1(" ".join(tokens).encode("utf-8", "surrogatepass")).hexdigest()[:16], False
+            cluster = _Cluster(self._new_id(" ".join(tokens)), tokens, 1)
             self._insert(cluster)
             return cluster.id, True
         cluster.size += 1
         merged = [mine if mine == theirs else WILDCARD for mine, theirs in zip(cluster.tokens, tokens)]
         if merged == cluster.tokens:
             return cluster.id, False
-        self._move(cluster, merged)
+        self._retemplate(cluster, merged)
         return cluster.id, True
-
-    def _move(self, cluster, tokens):
-        old_key, new_key = self._key(cluster.tokens), self._key(tokens)
-        cluster.tokens = tokens
-        if old_key != new_key:
-            self._index[old_key].remove(cluster)
-            self._index.setdefault(new_key, []).append(cluster)
 
     def template(self, cluster_id: str) -> str:
         return " ".join(self._clusters[cluster_id].tokens)
@@ -166,8 +173,42 @@ class TemplateMiner:
         return [(c.id, " ".join(c.tokens), c.size) for c in self._clusters.values()]
 
     @classmethod
-    def from_clusters(cls, rows):
+    def from_clusters(cls, rows: list[tuple[str, str, int]]) -> "TemplateMiner":
         miner = cls()
         for cid, template, size in rows:
             miner._insert(_Cluster(cid, template.split(), size))
         return miner
+
+    def _match(self, tokens):
+        count, first = _key(tokens)
+        candidates = self._index.get((count, first), [])
+        if first != WILDCARD:
+            # Templates whose first token turned out to be a value.
+            candidates = candidates + self._index.get((count, WILDCARD), [])
+        best, best_score = None, (-1.0, 0)
+        for cluster in candidates:
+            score = _similarity(cluster.tokens, tokens)
+            if score > best_score or (score == best_score and cluster.id < best.id):
+                best, best_score = cluster, score
+        if best is None or best_score[0] < self.threshold:
+            return None
+        return best
+
+    def _new_id(self, template):
+        """sha1 of the first masked template; on the (unlikely) clash, of it and a counter."""
+        cid, n = hashlib.sha1(template.encode("utf-8", "surrogatepass")).hexdigest()[:16], 0
+        while cid in self._clusters:
+            n += 1
+            cid = hashlib.sha1("{}\n{}".format(template, n).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        return cid
+
+    def _insert(self, cluster):
+        self._clusters[cluster.id] = cluster
+        self._index.setdefault(_key(cluster.tokens), []).append(cluster)
+
+    def _retemplate(self, cluster, tokens):
+        old_key, new_key = _key(cluster.tokens), _key(tokens)
+        cluster.tokens = tokens
+        if old_key != new_key:
+            self._index[old_key].remove(cluster)
+            self._index.setdefault(new_key, []).append(cluster)

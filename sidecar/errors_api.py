@@ -18,7 +18,7 @@ SORTS = {"last_seen": "last_seen DESC", "count": "count DESC", "users": "users_a
          "first_seen": "first_seen DESC"}
 GROUP_COLUMNS = ("fingerprint, title, culprit, type, service, level, first_seen, last_seen, count, "
                  "users_affected, status, status_changed_at, last_release, regressed_at, ignore_until_count, "
-                 "ignore_until")
+                 "ignore_until, events_stored")
 
 
 def _sidecar():
@@ -43,6 +43,8 @@ def _int_arg(name, default, low, high):
 def _group_dict(row):
     group = dict(row)
     group["regressed"] = group["regressed_at"] is not None and group["status"] == "unresolved"
+    # Groups outlive their events: retention may have deleted every one of them.
+    group["events_gone"] = group["events_stored"] == 0
     return group
 
 
@@ -112,7 +114,6 @@ def show_group(fingerprint):
         "SELECT hour, count FROM error_group_hours WHERE fingerprint = ? AND hour >= ? ORDER BY hour",
         (fingerprint, since))]
     group["events"] = recent_events(sidecar.data_dir, meta, fingerprint, _int_arg("events", 20, 1, 200))
-    group["events_stored"] = len(group["events"]) > 0
     return json_response(group)
 
 

@@ -54,6 +54,13 @@ SETTINGS = (
     Setting("scrub", True, "Replace values under sensitive keys (password, token, cookie, ...) and credit-card numbers with `[Filtered]` before storing. `false` turns it off.", bool),
     Setting("fingerprint_levels", ["error", "critical"], "Levels whose entries are fingerprinted into error groups (entries with an exception always are); add `warn` to group warnings too.", list),
     Setting("admin_tokens", [], "Comma-separated bearer tokens for the read and admin API (`/api/errors`, ...). Separate from ingest tokens: an ingest token never reads. None on loopback: a dev admin token is generated once into `<data_dir>/dev-admin-token`.", list),
+    Setting("retention_days", 7, "Age after which entries are deleted, for levels without an age of their own in SIDECAR_RETENTION_LEVEL_DAYS.", int),
+    Setting("retention_level_days", ["debug=1", "warn=14", "error=30", "critical=30"], "Ages per level, as `level=days` pairs (comma-separated); levels not listed keep SIDECAR_RETENTION_DAYS.", list),
+    Setting("disk_budget_bytes", 1024 * MiB, "Most bytes the store (segments and meta.db) may use; over it the oldest closed segments are dropped, even inside their age. 0: no budget.", int),
+    Setting("disk_budget_warn_percent", 80, "Budget use reported as a warning (and alerted on) from this percentage.", int),
+    Setting("disk_budget_critical_percent", 95, "Budget use reported as critical from this percentage.", int),
+    Setting("retention_interval_s", 600, "How often the retention job runs in the server (one process at a time).", int),
+    Setting("retention_chunk_rows", 2000, "Rows deleted per transaction when pruning levels inside a segment, so nothing waits long.", int),
     Setting("memory_limit_bytes", 512 * MiB, "Memory the host allows the sidecar; `/api/health` reports RSS against it.", int),
     Setting("auth_log_interval_s", 10, "Failed authentication attempts are logged at most once per this interval per client address.", int),
 )
@@ -109,7 +116,13 @@ def is_loopback(host):
 
 
 def check_settings(values):
-    positive = [s.name for s in SETTINGS if s.kind is int and s.name != "port"]
+    positive = [s.name for s in SETTINGS if s.kind is int and s.name not in ("port", "disk_budget_bytes")]
+    if not isinstance(values["disk_budget_bytes"], int) or values["disk_budget_bytes"] < 0:
+        raise SettingsError("SIDECAR_DISK_BUDGET_BYTES must be 0 (no budget) or a positive whole number")
+    level_days(values["retention_level_days"])
+    if not values["disk_budget_warn_percent"] < values["disk_budget_critical_percent"] <= 100:
+        raise SettingsError("SIDECAR_DISK_BUDGET_WARN_PERCENT must be below SIDECAR_DISK_BUDGET_CRITICAL_PERCENT, "
+                            "which must be at most 100")
     for name in positive:
         if not isinstance(values[name], int) or values[name] <= 0:
             raise SettingsError("SIDECAR_{} must be a positive whole number, got {!r}".format(
@@ -137,6 +150,20 @@ def check_settings(values):
     unknown_levels = set(values["fingerprint_levels"]) - {"debug", "info", "warn", "error", "critical"}
     if unknown_levels:
         raise SettingsError("SIDECAR_FINGERPRINT_LEVELS has unknown levels: " + ", ".join(sorted(unknown_levels)))
+
+
+def level_days(pairs):
+    """Parse `level=days` pairs into a dict; raise SettingsError on a bad one."""
+    levels = ("debug", "info", "warn", "error", "critical")
+    ages = {}
+    for pair in pairs:
+        level, _, days = pair.partition("=")
+        level = level.strip().lower()
+        if level not in levels or not days.strip().isdigit() or int(days) < 1:
+            raise SettingsError("SIDECAR_RETENTION_LEVEL_DAYS takes level=days pairs with a level among {} and "
+                                "at least 1 day, got {!r}".format(", ".join(levels), pair))
+        ages[level] = int(days)
+    return ages
 
 
 def settings_markdown():

@@ -140,6 +140,29 @@ def catalog_rows(data_dir):
     return rows
 
 
+def with_queue_filled(data_dir, send_waiting, send_last, waiting=2):
+    """Hold the head segment's write lock so the writer blocks and the queue fills: run
+    `send_waiting` in `waiting` threads, then return what `send_last()` answers (a 429, with
+    a queue that small) and the waiting threads' results once the lock is released."""
+    import threading
+    [head] = [row["name"] for row in catalog_rows(data_dir) if row["closed_at"] is None]
+    lock = sqlite3.connect(os.path.join(data_dir, "segments", head), timeout=0)
+    lock.execute("BEGIN IMMEDIATE")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(send_waiting())) for _ in range(waiting)]
+    try:
+        for thread in threads:
+            thread.start()
+            time.sleep(0.5)
+        last = send_last()
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    for thread in threads:
+        thread.join(60)
+    return last, results
+
+
 def entry(i=0, **fields):
     base = {"service": "api", "level": "info", "message": "entry {}".format(i), "metadata": {"n": i}}
     base.update(fields)

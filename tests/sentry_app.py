@@ -42,5 +42,5 @@ with sentry_sdk.start_transaction(name="checkout"):  # a transaction item the si
     capture("divide", divide, 1, 0)
 sent["message"] = sentry_sdk.capture_message("Payment provider timeout after 3000 ms", level="error")
 logging.getLogger("shop.payments").error("Refund %s failed for order %s", "R-17", 981, extra={"password": "hunter2"})
-sentry_sdk.flush(10)
+sentry_sdk.flush(30)
 print(json.dumps(sent))

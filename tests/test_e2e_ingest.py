@@ -3,7 +3,6 @@ import gzip
 import itertools
 import os
 import resource
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -13,7 +12,7 @@ import orjson
 import pytest
 import requests
 
-from conftest import ROOT, TOKEN, catalog_rows, entry, free_port, stored_rows
+from conftest import ROOT, TOKEN, catalog_rows, entry, free_port, stored_rows, with_queue_filled
 
 
 def test_json_ndjson_gzip_and_partial_acceptance(live_server, data_dir):
@@ -83,22 +82,8 @@ def test_kill_9_loses_nothing_acknowledged(live_server, data_dir):
 
 def test_queue_full_is_429_with_retry_after(live_server, data_dir):
     server = live_server(max_batch_entries=10, queue_max_entries=10, commit_max_entries=10)
-    [head] = [row["name"] for row in catalog_rows(data_dir) if row["closed_at"] is None]
-    lock = sqlite3.connect(os.path.join(data_dir, "segments", head), timeout=0)
-    lock.execute("BEGIN IMMEDIATE")  # the writer blocks on the file, so the queue fills up
-    results = []
-    waiting = [threading.Thread(target=lambda: results.append(server.post([entry(i) for i in range(10)])))
-               for _ in range(2)]
-    try:
-        for thread in waiting:
-            thread.start()
-            time.sleep(0.5)
-        response = server.post([entry(i) for i in range(10)])
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
-    for thread in waiting:
-        thread.join(40)
+    batch = [entry(i) for i in range(10)]
+    response, results = with_queue_filled(data_dir, lambda: server.post(batch), lambda: server.post(batch))
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "1" and response.json()["error"]["code"] == "queue_full"
     assert [r.status_code for r in results] == [200, 200]

@@ -10,7 +10,7 @@ import orjson
 import pytest
 import requests
 
-from conftest import TOKEN, stored_rows
+from conftest import TOKEN, stored_rows, with_queue_filled
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -123,26 +123,11 @@ def test_envelope_with_only_other_items_is_accepted(live_server, data_dir):
 
 
 def test_queue_full_answers_like_relay(live_server, data_dir):
-    import sqlite3
-    import threading
-    from conftest import catalog_rows
     server = live_server(max_batch_entries=1, queue_max_entries=1, commit_max_entries=1)
-    [head] = [row["name"] for row in catalog_rows(data_dir) if row["closed_at"] is None]
-    lock = sqlite3.connect(os.path.join(data_dir, "segments", head), timeout=0)
-    lock.execute("BEGIN IMMEDIATE")
     url = server.url + "/api/1/store/?sentry_key=" + TOKEN
     event = orjson.dumps({"message": "x", "level": "error"})
-    pending = [threading.Thread(target=requests.post, args=(url,), kwargs={"data": event, "timeout": 60})
-               for _ in range(2)]
-    try:
-        for thread in pending:
-            thread.start()
-            time.sleep(0.5)
-        response = requests.post(url, data=event, timeout=10)
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
-    for thread in pending:
-        thread.join(60)
+    response, results = with_queue_filled(data_dir, lambda: requests.post(url, data=event, timeout=60),
+                                          lambda: requests.post(url, data=event, timeout=10))
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "1" and response.headers["X-Sentry-Rate-Limits"] == "1::organization"
+    assert [r.status_code for r in results] == [200, 200]

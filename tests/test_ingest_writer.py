@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ingest import catalog, recovery, segments
+from ingest import catalog
 from ingest.entries import Limits, format_ts, to_row
 from ingest.writer import Batch, QueueFull, Writer
 from sidecar.settings import load_settings
