@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import orjson
 
-from .scrub import may_need_scrubbing, scrub_text, scrub_value
+from .scrub import has_sensitive_key, may_hold_card, scrub_text, scrub_value
 
 LEVELS = ("debug", "info", "warn", "error", "critical")
 LEVEL_ALIASES = {
@@ -36,6 +36,7 @@ class Limits:
     max_metadata_depth: int = 20
     max_future_s: int = 7 * 86400
     scrub: bool = True
+    cards_possible: bool = True  # False when the request body was shown to hold no card number
 
     @classmethod
     def from_settings(cls, settings):
@@ -139,7 +140,7 @@ def _encode_metadata(metadata, limits, flags):
     except (TypeError, orjson.JSONEncodeError) as error:
         raise EntryError("metadata cannot be stored as JSON: {}".format(error)) from None
     _check_depth(metadata, encoded, limits.max_metadata_depth)
-    if limits.scrub and may_need_scrubbing(encoded):
+    if limits.scrub and _needs_scrubbing(metadata, encoded, limits.cards_possible):
         scrubbed = scrub_value(metadata)
         metadata.clear()
         metadata.update(scrubbed)
@@ -169,7 +170,11 @@ def _user_id(entry):
     raise EntryError("user_id must be a string, got {}".format(type(value).__name__))
 
 
-def _exception(entry, scrub):
+def _needs_scrubbing(value, encoded, cards_possible):
+    return has_sensitive_key(value) or (cards_possible and may_hold_card(encoded))
+
+
+def _exception(entry, scrub, limits_cards):
     value = entry.get("exception")
     if value is None:
         return None, None
@@ -181,7 +186,7 @@ def _exception(entry, scrub):
         if frames is not None and not (isinstance(frames, list) and all(isinstance(f, dict) for f in frames)):
             raise EntryError("exception.stacktrace must be a list of frame objects")
     encoded = orjson.dumps(value)
-    if scrub and may_need_scrubbing(encoded):
+    if scrub and _needs_scrubbing(value, encoded, limits_cards):
         value = scrub_value(value)
         encoded = orjson.dumps(value)
     return value, encoded.decode()
@@ -240,12 +245,12 @@ def to_row(entry, received_at, max_ts, limits, fingerprinter=None):
         raise EntryError("timestamp {} is more than {} s in the future".format(ts, limits.max_future_s))
     strings = _optional_strings(entry)
     user_id = _user_id(entry)
-    exception, exception_json = _exception(entry, limits.scrub)
+    exception, exception_json = _exception(entry, limits.scrub, limits.cards_possible)
     client_fingerprint = _fingerprint(entry)
     metadata = _metadata_with_extras(entry)
     if client_fingerprint is not None:
         metadata["fingerprint"] = client_fingerprint
-    if limits.scrub:
+    if limits.scrub and limits.cards_possible:
         message = scrub_text(message)
     flags = {}
     if len(message) * 4 > limits.max_message_bytes:

@@ -155,7 +155,7 @@ def sync_segment(meta, data_dir, name, now_text):
     except sqlite3.Error:
         return 0
     try:
-        high, = con.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()
+        high = segments.max_id(con)
         row = meta.execute("SELECT last_id FROM error_sync WHERE segment = ?", (name,)).fetchone()
         low = row[0] if row else 0
         if high <= low:

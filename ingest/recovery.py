@@ -85,7 +85,10 @@ def _close_orphan(data_dir, meta, name, lock, now_text):
     path = os.path.join(segments.segments_dir(data_dir), name)
     stats = segments.repair(path)
     con = sqlite3.connect(path, isolation_level=None)
-    segments.finish(con)
+    try:
+        segments.finish(con)
+    except sqlite3.Error as error:  # a reader holds it: valid in WAL mode, finished another time
+        log.warning("finishing %s: %s", name, error)
     catalog.update_stats(meta, name, stats, segments.file_bytes(path), now_text, closed=True)
     lock.release(remove=True)
     log.info("closed segment %s left open by a stopped process (%d rows)", name, stats["row_count"])

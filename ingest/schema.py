@@ -75,7 +75,8 @@ CREATE TABLE IF NOT EXISTS segments (
     max_ts TEXT,
     row_count INTEGER NOT NULL DEFAULT 0,
     bytes INTEGER NOT NULL DEFAULT 0,
-    updated_at TEXT
+    updated_at TEXT,
+    generation INTEGER NOT NULL DEFAULT 0  -- bumped whenever a closed segment's file changes (retention)
 );
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key TEXT PRIMARY KEY,

@@ -10,6 +10,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 
 from . import schema
 
@@ -92,17 +93,25 @@ def read_stats(con):
 
 
 def max_id(con):
-    return con.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0]
+    # A bare max(id) is answered from the end of the B-tree; wrapped in coalesce() it scans the table.
+    return con.execute("SELECT max(id) FROM logs").fetchone()[0] or 0
 
 
-def finish(con):
+def finish(con, attempts=20):
     """Make a closed segment one self-contained, read-only-friendly file."""
     con.executescript(schema.CLOSED_SEGMENT_INDEXES)
     con.execute("PRAGMA optimize")
-    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    # Without a WAL the file can be opened immutable by readers.
-    con.execute("PRAGMA journal_mode=DELETE")
-    con.close()
+    try:
+        # Without a WAL the file can be opened immutable by readers; leaving WAL
+        # mode needs every other connection gone, so a reader gets some time.
+        for attempt in range(attempts):
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if con.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete":
+                return
+            time.sleep(0.1 * (attempt + 1))
+        raise sqlite3.OperationalError("segment still held open by a reader; it stays in WAL mode")
+    finally:
+        con.close()
 
 
 def repair(path):
@@ -127,7 +136,9 @@ class Checkpointer:
     def __init__(self, wal_trigger_bytes=8 * 1024 * 1024, interval_s=0.25):
         self.wal_trigger_bytes, self.interval_s = wal_trigger_bytes, interval_s
         self._path, self._con = None, None
-        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._released = threading.Event()
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="sidecar-checkpointer", daemon=True)
 
     def start(self, path):
@@ -135,27 +146,41 @@ class Checkpointer:
         self._thread.start()
         return self
 
-    def follow(self, path):
-        self._path = path
+    def follow(self, path, timeout=5):
+        """Switch to a new head; return once the old one is no longer held open here
+        (closing a segment needs it to have no other connection)."""
+        with self._cond:
+            self._path = path
+            self._released.clear()
+            self._cond.notify()
+        self._released.wait(timeout)
 
     def stop(self):
-        self._stop.set()
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
         self._thread.join(10)
 
     def _run(self):
         current = None
-        while not self._stop.wait(self.interval_s):
-            path = self._path
+        while True:
+            with self._cond:
+                self._cond.wait(self.interval_s)
+                path, stopping = self._path, self._stopping
+            if path != current or stopping:
+                if self._con is not None:
+                    self._con.close()
+                    self._con = None
+                current = None
+                self._released.set()
+                if stopping:
+                    return
             try:
-                if path != current:
-                    if self._con is not None:
-                        self._con.close()
+                if current is None:
                     self._con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
                     self._con.execute("PRAGMA busy_timeout=1000")
                     current = path
                 if os.path.getsize(path + "-wal") >= self.wal_trigger_bytes:
                     self._con.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except (OSError, sqlite3.Error):
-                current = None  # the head rotated or the disk is full: try again next round
-        if self._con is not None:
-            self._con.close()
+                pass  # no WAL yet, or a full disk: try again next round

@@ -170,7 +170,7 @@ class Writer:
             if con.in_transaction:
                 con.execute("ROLLBACK")
             raise
-        head.last_id = segments.max_id(con)
+        head.last_id += len(rows)  # rowids are max+1 and the head never loses rows
         head.note_rows(rows)
         if self.on_commit is not None:
             self.on_commit(head.name)

@@ -1,5 +1,6 @@
 """The sidecar's HTTP layer: `create_app()` is what gunicorn runs."""
 import atexit
+import dataclasses
 import os
 import time
 
@@ -10,10 +11,13 @@ from ingest.entries import Limits, format_ts
 from ingest.fingerprint import Fingerprinter
 from ingest.idempotency import IdempotencyStore
 from ingest.writer import Writer, utc_now
+from retention import job as retention_job
+from retention.policy import Policy
+from retention.schedule import Scheduler
 
 from . import jsonlog
 from .auth import ADMIN_TOKEN_FILE, TokenChecker, ensure_dev_token
-from .settings import load_settings
+from .settings import level_days, load_settings
 
 
 class Sidecar:
@@ -24,6 +28,7 @@ class Sidecar:
         self.clock = clock
         self.data_dir = os.path.abspath(settings["data_dir"])
         self.limits = Limits.from_settings(settings)
+        self.limits_without_cards = dataclasses.replace(self.limits, cards_possible=False)
         tokens = settings["ingest_tokens"] or [ensure_dev_token(self.data_dir)]
         self.tokens = TokenChecker(tokens, settings["auth_log_interval_s"])
         admin_tokens = settings["admin_tokens"] or [ensure_dev_token(self.data_dir, ADMIN_TOKEN_FILE)]
@@ -33,6 +38,8 @@ class Sidecar:
         self.idempotency = IdempotencyStore(self.data_dir, settings["idempotency_ttl_s"], clock)
         self.fingerprinter = None
         self.meta = None
+        self.retention_policy = Policy.from_settings(settings, level_days)
+        self.retention = Scheduler(self.data_dir, self.retention_policy, settings["retention_interval_s"], clock)
         self._closed = False
 
     def start(self):
@@ -41,6 +48,8 @@ class Sidecar:
         groups.reconcile(self.meta, self.data_dir, format_ts(self.clock()))
         self.fingerprinter = Fingerprinter.load(self.meta, self.settings["fingerprint_levels"])
         self.tracker.start()
+        retention_job.ensure_schema(self.meta)
+        self.retention.start()
         atexit.register(self.close)
         return self
 
@@ -51,6 +60,7 @@ class Sidecar:
     def close(self):
         if not self._closed:
             self._closed = True
+            self.retention.stop()
             self.writer.stop()
             self.tracker.stop()
             self.save_templates()
@@ -64,12 +74,13 @@ def create_app(config=None):
     sidecar = Sidecar(load_settings(config), clock).start()
     app = Flask(__name__)
     app.extensions["sidecar"] = sidecar
-    from . import errors, errors_api, health_api, ingest_api, sentry_api
+    from . import errors, errors_api, health_api, ingest_api, sentry_api, storage_api
     app.register_blueprint(errors.bp)
     app.register_blueprint(ingest_api.bp)
     app.register_blueprint(health_api.bp)
     app.register_blueprint(errors_api.bp)
     app.register_blueprint(sentry_api.bp)
+    app.register_blueprint(storage_api.bp)
     _log_requests(app)
     return app
 

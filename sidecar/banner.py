@@ -2,7 +2,7 @@
 import os
 import sys
 
-from .auth import DEV_TOKEN_FILE, ensure_dev_token
+from .auth import ADMIN_TOKEN_FILE, DEV_TOKEN_FILE, ensure_dev_token
 
 
 def print_banner(settings, addresses, stream=None):
@@ -13,13 +13,22 @@ def print_banner(settings, addresses, stream=None):
     else:
         token = ensure_dev_token(os.path.abspath(settings["data_dir"]))
         origin = "local dev token, kept in {}".format(os.path.join(settings["data_dir"], DEV_TOKEN_FILE))
+    if settings["admin_tokens"]:
+        admin, admin_origin = "$SIDECAR_ADMIN_TOKEN", "one of SIDECAR_ADMIN_TOKENS"
+    else:
+        admin = ensure_dev_token(os.path.abspath(settings["data_dir"]), ADMIN_TOKEN_FILE)
+        admin_origin = "local dev admin token, kept in {}".format(os.path.join(settings["data_dir"], ADMIN_TOKEN_FILE))
     stream.write(
         "\nlog sidecar listening on {url} (data in {data})\n"
         "ingest token: {token}  ({origin})\n"
+        "admin token:  {admin}  ({admin_origin})\n"
         "try it:\n"
         "  curl -sS -X POST {url}/api/logs -H 'Authorization: Bearer {token}' "
         "-H 'Content-Type: application/json' "
-        "-d '{{\"service\": \"demo\", \"level\": \"info\", \"message\": \"hello from curl\"}}'\n"
+        "-d '{{\"service\": \"demo\", \"level\": \"error\", \"message\": \"hello from curl\"}}'\n"
+        "  curl -sS {url}/api/errors -H 'Authorization: Bearer {admin}'\n"
+        "Sentry SDK DSN: http://{token}@{hostport}/1\n"
         "health: {url}/api/health\n\n".format(url=url, data=os.path.abspath(settings["data_dir"]),
-                                              token=token, origin=origin))
+                                              token=token, origin=origin, admin=admin, admin_origin=admin_origin,
+                                              hostport=url.split("://", 1)[-1]))
     stream.flush()

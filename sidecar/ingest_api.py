@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, g, request
 from ingest.body import BodyError, decompress, parse_entries
 from ingest.entries import EntryError, format_ts, to_row
 from ingest.idempotency import MAX_KEY_LENGTH
+from ingest.scrub import body_may_hold_cards
 from ingest.writer import Batch, QueueFull, StorageUnavailable
 
 from .auth import bearer_token
@@ -28,16 +29,19 @@ def read_body(max_bytes):
     return body
 
 
-def validate_entries(entries, sidecar):
-    """Return (rows, rejected) for a list of decoded entries."""
+def validate_entries(entries, sidecar, body=None):
+    """Return (rows, rejected) for a list of decoded entries (`body`: the raw JSON they came from)."""
     now = sidecar.clock()
+    limits = sidecar.limits
+    if limits.scrub and body is not None and not body_may_hold_cards(body):
+        limits = sidecar.limits_without_cards
     received_at = format_ts(now)
-    max_ts = format_ts(now + timedelta(seconds=sidecar.limits.max_future_s))
+    max_ts = format_ts(now + timedelta(seconds=limits.max_future_s))
     rows, rejected = [], []
     fingerprinter = sidecar.fingerprinter
     for index, entry in enumerate(entries):
         try:
-            rows.append(to_row(entry, received_at, max_ts, sidecar.limits, fingerprinter))
+            rows.append(to_row(entry, received_at, max_ts, limits, fingerprinter))
         except EntryError as error:
             rejected.append({"index": index, "error": str(error)})
     sidecar.save_templates()
@@ -123,7 +127,7 @@ def ingest_logs():
                        {"max_batch_entries": settings["max_batch_entries"]})
     if not entries:
         raise ApiError(400, "empty_batch", "the body holds no entries")
-    rows, rejected = validate_entries(entries, sidecar)
+    rows, rejected = validate_entries(entries, sidecar, body)
     g.log_fields = {"accepted": len(rows), "rejected": len(rejected)}
     if not rows:
         raise ApiError(400, "no_valid_entries", "no entry of the batch is valid; nothing was stored",

@@ -39,9 +39,9 @@ def _read(sidecar):
         raise ApiError(error.status, error.code, error.message, error.details) from None
 
 
-def _store(sidecar, events, project_id):
+def _store(sidecar, events, project_id, body):
     entries = [to_log_entry(event, project_id) for event in events]
-    rows, rejected = validate_entries(entries, sidecar)
+    rows, rejected = validate_entries(entries, sidecar, body)
     if rejected and not rows:
         raise ApiError(400, "invalid_event", rejected[0]["error"], {"rejected": rejected})
     if rows:
@@ -58,13 +58,14 @@ def envelope(project_id):
     sidecar = current_app.extensions["sidecar"]
     sidecar.tokens.require(sentry_key())
     try:
-        header, items = parse_envelope(_read(sidecar))
+        body = _read(sidecar)
+        header, items = parse_envelope(body)
         events, _skipped = event_items(items)
     except BodyError as error:
         raise ApiError(error.status, error.code, error.message, error.details) from None
     for event in events:
         event.setdefault("event_id", header.get("event_id"))
-    _store(sidecar, events, project_id)
+    _store(sidecar, events, project_id, body)
     event_id = header.get("event_id") or (events[0].get("event_id") if events else None)
     return json_response({"id": event_id} if event_id else {})
 
@@ -81,5 +82,5 @@ def store(project_id):
     if not isinstance(event, dict):
         raise ApiError(400, "invalid_event", "the event must be a JSON object")
     event.setdefault("event_id", uuid.uuid4().hex)
-    _store(sidecar, [event], project_id)
+    _store(sidecar, [event], project_id, body)
     return json_response({"id": event["event_id"]})
