@@ -240,7 +240,13 @@ def to_row(entry, received_at, max_ts, limits, fingerprinter=None):
                          .format(level, ", ".join(LEVELS)))
     level = LEVEL_ALIASES[level.lower()]
     stamp = entry.get("timestamp")
-    ts = received_at if stamp is None else format_ts(parse_timestamp(stamp))
+    if stamp is None:
+        ts = received_at
+    elif type(stamp) is str and len(stamp) == 24 and stamp[23] == "Z" and stamp[19] == "." and stamp[10] == "T":
+        parse_timestamp(stamp)  # already in the stored form: validate it, keep the text
+        ts = stamp
+    else:
+        ts = format_ts(parse_timestamp(stamp))
     if ts > max_ts:
         raise EntryError("timestamp {} is more than {} s in the future".format(ts, limits.max_future_s))
     strings = _optional_strings(entry)

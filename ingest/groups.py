@@ -19,6 +19,7 @@ from . import catalog, segments
 
 log = logging.getLogger("sidecar.groups")
 STATUSES = ("unresolved", "resolved", "ignored")
+FOLD_INTERVAL_S = 0.25
 
 GROUP_TABLES = """
 CREATE TABLE IF NOT EXISTS error_groups (
@@ -289,6 +290,7 @@ class GroupTracker:
             if stopping:
                 meta.close()
                 return
-            if failed:  # a full disk, say: do not spin
-                with self._cond:
-                    self._cond.wait(1)
+            with self._cond:
+                # Fold at most a few times a second: each fold costs a meta.db transaction and
+                # statements per group, so under heavy ingest several commits share one.
+                self._cond.wait_for(lambda: self._stopping, 1 if failed else FOLD_INTERVAL_S)

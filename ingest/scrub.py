@@ -75,22 +75,31 @@ def _sensitive(key):
         verdict = bool(_SENSITIVE_KEY.search(key)) if isinstance(key, str) else False
         if len(_key_verdicts) < 50_000:  # bounded: keys made of data must not grow it forever
             _key_verdicts[key] = verdict
+            if not verdict:
+                _safe_keys.add(key)
     return verdict
 
 
+_safe_keys = set()  # keys seen and found not sensitive
+
+
 def has_sensitive_key(value):
-    """True when a dict at any depth of `value` has a sensitive key (with a value worth hiding)."""
+    """True when a dict at any depth of `value` has a sensitive key (with a value worth hiding).
+
+    Runs on every entry: a dict whose keys were all seen before and found safe
+    costs one set test in C.
+    """
     stack = [value]
     while stack:
         item = stack.pop()
         if type(item) is dict:
-            for key, child in item.items():
-                if child not in (None, "") and _sensitive(key):
-                    return True
-                if type(child) in (dict, list):
-                    stack.append(child)
+            if not _safe_keys.issuperset(item):
+                for key, child in item.items():
+                    if child not in (None, "") and _sensitive(key):
+                        return True
+            stack.extend([child for child in item.values() if type(child) is dict or type(child) is list])
         elif type(item) is list:
-            stack.extend(child for child in item if type(child) in (dict, list))
+            stack.extend([child for child in item if type(child) is dict or type(child) is list])
     return False
 
 
