@@ -141,7 +141,7 @@ def _apply(meta, segment, fingerprint, group, now_text):
     meta.execute(
         "UPDATE error_groups SET status = 'unresolved', status_changed_at = ?2, regressed_at = ?2, "
         "ignore_until_count = NULL, ignore_until = NULL WHERE fingerprint = ?1 AND status = 'resolved' "
-        "AND status_changed_at < ?3", (fingerprint, now_text, group["received"]))
+        "AND status_changed_at <= ?3", (fingerprint, now_text, group["received"]))
     meta.execute(
         "UPDATE error_groups SET status = 'unresolved', status_changed_at = ?2, ignore_until_count = NULL, "
         "ignore_until = NULL WHERE fingerprint = ?1 AND status = 'ignored' AND ignore_until_count IS NOT NULL "
