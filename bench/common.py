@@ -31,12 +31,12 @@ class Server:
             [os.path.join(os.path.dirname(sys.executable), "gunicorn"), "-c", "gunicorn.conf.py"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = "http://127.0.0.1:{}".format(self.port)
-        deadline = time.time() + 30
+        deadline = time.time() + 300  # a big store takes a while to reconcile at start
         while time.time() < deadline:
             try:
-                if requests.get(self.url + "/api/health", timeout=1).status_code in (200, 503):
+                if requests.get(self.url + "/api/health", timeout=5).status_code in (200, 503):
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.05)
         raise RuntimeError("server did not start")
 

@@ -148,6 +148,23 @@ def _apply(meta, segment, fingerprint, group, now_text):
         "AND count - count_at_ignore >= ignore_until_count", (fingerprint, now_text))
 
 
+def _fold_range(meta, name, low, high, rows, now_text):
+    """Fold `rows` (the error rows with low < id <= high) unless another process already did."""
+    with catalog.immediate(meta):
+        current = meta.execute("SELECT last_id FROM error_sync WHERE segment = ?", (name,)).fetchone()
+        if (current[0] if current else 0) != low:
+            return 0
+        for fingerprint, group in _fold(rows).items():
+            _apply(meta, name, fingerprint, group, now_text)
+        meta.execute("INSERT OR REPLACE INTO error_sync VALUES (?, ?)", (name, high))
+    return len(rows)
+
+
+def watermark(meta, name):
+    row = meta.execute("SELECT last_id FROM error_sync WHERE segment = ?", (name,)).fetchone()
+    return row[0] if row else 0
+
+
 def sync_segment(meta, data_dir, name, now_text):
     """Fold the rows of `name` above its watermark into the groups; return how many were folded."""
     path = os.path.join(segments.segments_dir(data_dir), name)
@@ -157,8 +174,7 @@ def sync_segment(meta, data_dir, name, now_text):
         return 0
     try:
         high = segments.max_id(con)
-        row = meta.execute("SELECT last_id FROM error_sync WHERE segment = ?", (name,)).fetchone()
-        low = row[0] if row else 0
+        low = watermark(meta, name)
         if high <= low:
             return 0
         rows = con.execute(_NEW_ROWS, (low, high)).fetchall()
@@ -167,14 +183,13 @@ def sync_segment(meta, data_dir, name, now_text):
         return 0
     finally:
         con.close()
-    with catalog.immediate(meta):
-        current = meta.execute("SELECT last_id FROM error_sync WHERE segment = ?", (name,)).fetchone()
-        if (current[0] if current else 0) != low:
-            return 0  # another process folded these rows meanwhile
-        for fingerprint, group in _fold(rows).items():
-            _apply(meta, name, fingerprint, group, now_text)
-        meta.execute("INSERT OR REPLACE INTO error_sync VALUES (?, ?)", (name, high))
-    return len(rows)
+    return _fold_range(meta, name, low, high, rows, now_text)
+
+
+def error_rows(first_id, rows):
+    """The committed rows a writer hands over, in the shape of _NEW_ROWS, errors only."""
+    return [(first_id + offset, row[0], row[1], row[2], row[3], row[4], row[7], row[9], row[12], row[13])
+            for offset, row in enumerate(rows) if row[4] is not None]
 
 
 def _set_stored(meta, segment, counts):
@@ -230,13 +245,19 @@ def reconcile(meta, data_dir, now_text):
 
 
 class GroupTracker:
-    """The thread that folds each commit's error rows into the groups, off the writer's path."""
+    """The thread that folds each commit's error rows into the groups, off the writer's path.
+
+    The writer hands over the rows it committed, so a fold reads nothing back;
+    when the hand-over does not line up with the watermark (another process, a
+    restart), the rows are read from the segment instead.
+    """
 
     def __init__(self, data_dir, clock, format_ts):
         self.data_dir, self.clock, self.format_ts = data_dir, clock, format_ts
-        self._names = set()
+        self._pending = {}  # segment -> [(first_id, rows)] handed over, in commit order
         self._cond = threading.Condition()
         self._stopping = False
+        self._busy = False
         self._thread = threading.Thread(target=self._run, name="sidecar-groups", daemon=True)
         self._last_wake_check = None
 
@@ -244,9 +265,11 @@ class GroupTracker:
         self._thread.start()
         return self
 
-    def notify(self, name):
+    def notify(self, name, first_id=None, rows=None):
+        # Keep only the error rows: holding whole commits until the next fold costs memory.
+        handed = None if rows is None else (len(rows), error_rows(first_id, rows))
         with self._cond:
-            self._names.add(name)
+            self._pending.setdefault(name, []).append((first_id, handed))
             self._cond.notify()
 
     def stop(self):
@@ -256,28 +279,41 @@ class GroupTracker:
         self._thread.join(30)
 
     def flush(self, timeout=10):
-        """Wait until every notified segment is folded (tests and shutdown)."""
+        """Wait until every handed-over commit is folded (tests and shutdown)."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._names and not getattr(self, "_busy", False), timeout)
+            self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def _fold_segment(self, meta, name, chunks, now_text):
+        low = watermark(meta, name)
+        if chunks and all(handed is not None for _, handed in chunks) and chunks[0][0] == low + 1:
+            expected, folded = low + 1, []
+            for first_id, (count, errors) in chunks:
+                if first_id != expected:
+                    break
+                folded.extend(errors)
+                expected = first_id + count
+            else:
+                _fold_range(meta, name, low, expected - 1, folded, now_text)
+                return
+        sync_segment(meta, self.data_dir, name, now_text)
 
     def _run(self):
         meta = catalog.connect_meta(self.data_dir)
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._names or self._stopping, 60)
-                names, self._names = self._names, set()
-                self._busy = bool(names)
+                self._cond.wait_for(lambda: self._pending or self._stopping, 60)
+                pending, self._pending = self._pending, {}
+                self._busy = bool(pending)
                 stopping = self._stopping
             now_text = self.format_ts(self.clock())
             failed = False
-            for name in sorted(names):
+            for name in sorted(pending):
                 try:
-                    sync_segment(meta, self.data_dir, name, now_text)
+                    self._fold_segment(meta, name, pending[name], now_text)
                 except sqlite3.Error as error:
                     log.error("folding %s into error groups: %s", name, error)
                     failed = True
-                    with self._cond:
-                        self._names.add(name)  # try again on the next round
+                    self.notify(name)  # read it back from the segment next round
             if now_text[:16] != self._last_wake_check:
                 self._last_wake_check = now_text[:16]
                 try:

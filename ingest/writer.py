@@ -48,7 +48,7 @@ class Batch:
 class Writer:
     def __init__(self, data_dir, settings, clock=utc_now, on_commit=None):
         self.data_dir = data_dir
-        self.on_commit = on_commit  # called with the head's name after every commit
+        self.on_commit = on_commit  # called with (head name, first id, rows) after every commit
         self.settings = settings
         self.clock = clock
         self._pending = collections.deque()
@@ -170,10 +170,11 @@ class Writer:
             if con.in_transaction:
                 con.execute("ROLLBACK")
             raise
+        first_id = head.last_id + 1
         head.last_id += len(rows)  # rowids are max+1 and the head never loses rows
         head.note_rows(rows)
         if self.on_commit is not None:
-            self.on_commit(head.name)
+            self.on_commit(head.name, first_id, rows)
         self._finish_checkpoint(head)
         self.committed_entries += len(rows)
         self._catalog_dirty = True

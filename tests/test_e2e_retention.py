@@ -16,7 +16,7 @@ from ingest import catalog
 from ingest.fingerprint import Fingerprinter
 
 from conftest import ROOT, TOKEN, catalog_rows, entry, stored_rows
-from test_retention_job import build, entry as dated
+from test_retention_job import build, dated_entry as dated
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 

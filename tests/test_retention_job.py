@@ -52,7 +52,7 @@ def build(data_dir, days, fingerprinter=None, now=NOW):
     meta.close()
 
 
-def entry(level, ts, message="m"):
+def dated_entry(level, ts, message="m"):
     return {"service": "api", "level": level, "message": message, "timestamp": format_ts(ts)}
 
 
@@ -62,18 +62,18 @@ def messages(data_dir):
 
 def test_boundaries_are_exact(data_dir):
     cutoff = NOW - timedelta(days=7)
-    build(data_dir, {8: [entry("info", cutoff, "exactly at its age"),
-                         entry("info", cutoff - timedelta(milliseconds=1), "one ms past"),
-                         entry("warn", cutoff - timedelta(days=1), "warn keeps 14 days")],
-                     0: [entry("info", NOW, "today")]})
+    build(data_dir, {8: [dated_entry("info", cutoff, "exactly at its age"),
+                         dated_entry("info", cutoff - timedelta(milliseconds=1), "one ms past"),
+                         dated_entry("warn", cutoff - timedelta(days=1), "warn keeps 14 days")],
+                     0: [dated_entry("info", NOW, "today")]})
     report = job.run(data_dir, policy(), NOW)
     assert messages(data_dir) == ["exactly at its age", "today", "warn keeps 14 days"]
     assert report["rows_deleted"]["info"] == 1 and report["segments_dropped"] == []
 
 
 def test_expired_segment_is_deleted_as_a_file(data_dir):
-    build(data_dir, {40: [entry("error", NOW - timedelta(days=40))], 20: [entry("error", NOW - timedelta(days=20))],
-                     0: [entry("info", NOW)]})
+    build(data_dir, {40: [dated_entry("error", NOW - timedelta(days=40))], 20: [dated_entry("error", NOW - timedelta(days=20))],
+                     0: [dated_entry("info", NOW)]})
     names = [row["name"] for row in catalog_rows(data_dir)]
     report = job.run(data_dir, policy(), NOW)
     assert report["segments_dropped"] == [names[0]] and report["bytes_freed"] > 0
@@ -83,8 +83,8 @@ def test_expired_segment_is_deleted_as_a_file(data_dir):
 
 def test_levels_are_pruned_inside_a_segment_and_fts_stays_consistent(data_dir):
     three_days = NOW - timedelta(days=3)
-    build(data_dir, {3: [entry("debug", three_days, "debug noise {}".format(i)) for i in range(400)]
-                     + [entry("info", three_days, "info kept")], 0: [entry("debug", NOW, "fresh debug")]})
+    build(data_dir, {3: [dated_entry("debug", three_days, "debug noise {}".format(i)) for i in range(400)]
+                     + [dated_entry("info", three_days, "info kept")], 0: [dated_entry("debug", NOW, "fresh debug")]})
     before = catalog_rows(data_dir)[0]
     report = job.run(data_dir, policy(), NOW)
     assert report["rows_deleted"]["debug"] == 400
@@ -99,7 +99,7 @@ def test_levels_are_pruned_inside_a_segment_and_fts_stays_consistent(data_dir):
 
 
 def test_budget_drops_oldest_closed_segments_first_never_the_head(data_dir):
-    build(data_dir, {ago: [entry("error", NOW - timedelta(days=ago), "x" * 2000) for _ in range(100)]
+    build(data_dir, {ago: [dated_entry("error", NOW - timedelta(days=ago), "x" * 2000) for _ in range(100)]
                      for ago in (3, 2, 1, 0)})
     names = [row["name"] for row in catalog_rows(data_dir)]
     budget = job.store_bytes(data_dir) - 1
@@ -115,8 +115,8 @@ def test_budget_drops_oldest_closed_segments_first_never_the_head(data_dir):
 
 def test_groups_outlive_their_events(data_dir):
     fp = Fingerprinter()
-    build(data_dir, {40: [entry("error", NOW - timedelta(days=40), "Payment gateway down")] * 3,
-                     0: [entry("info", NOW)]}, fp)
+    build(data_dir, {40: [dated_entry("error", NOW - timedelta(days=40), "Payment gateway down")] * 3,
+                     0: [dated_entry("info", NOW)]}, fp)
     job.run(data_dir, policy(), NOW)
     meta = catalog.connect_meta(data_dir)
     [group] = meta.execute("SELECT count, events_stored, first_seen FROM error_groups").fetchall()
@@ -124,9 +124,9 @@ def test_groups_outlive_their_events(data_dir):
 
 
 def test_dry_run_changes_nothing(data_dir, tmp_path):
-    build(data_dir, {40: [entry("error", NOW - timedelta(days=40))],
-                     3: [entry("debug", NOW - timedelta(days=3))] * 50 + [entry("info", NOW - timedelta(days=3))],
-                     0: [entry("info", NOW)]})
+    build(data_dir, {40: [dated_entry("error", NOW - timedelta(days=40))],
+                     3: [dated_entry("debug", NOW - timedelta(days=3))] * 50 + [dated_entry("info", NOW - timedelta(days=3))],
+                     0: [dated_entry("info", NOW)]})
     copy = str(tmp_path / "copy")
     shutil.copytree(data_dir, copy)
     report = job.run(data_dir, policy(disk_budget_bytes=1000), NOW, dry_run=True)
@@ -138,8 +138,8 @@ def test_dry_run_changes_nothing(data_dir, tmp_path):
 
 def test_interrupted_pruning_is_finished_by_the_next_run(data_dir):
     three_days = NOW - timedelta(days=3)
-    build(data_dir, {3: [entry("debug", three_days)] * 10 + [entry("error", three_days, "kept error")],
-                     0: [entry("info", NOW)]})
+    build(data_dir, {3: [dated_entry("debug", three_days)] * 10 + [dated_entry("error", three_days, "kept error")],
+                     0: [dated_entry("info", NOW)]})
     name = catalog_rows(data_dir)[0]["name"]
     meta = catalog.connect_meta(data_dir)
     meta.execute("INSERT INTO retention_pruning VALUES (?, ?)", (name, format_ts(NOW)))  # as a killed run leaves it
