@@ -13,7 +13,7 @@ from ingest.idempotency import IdempotencyStore
 from ingest.writer import Writer, utc_now
 from retention import job as retention_job
 from retention.policy import Policy
-from retention.schedule import Scheduler
+from retention.schedule import Scheduler, run_lock
 
 from . import jsonlog
 from .auth import ADMIN_TOKEN_FILE, TokenChecker, ensure_dev_token
@@ -49,6 +49,9 @@ class Sidecar:
         self.fingerprinter = Fingerprinter.load(self.meta, self.settings["fingerprint_levels"])
         self.tracker.start()
         retention_job.ensure_schema(self.meta)
+        with run_lock(self.data_dir) as held:
+            if held:  # a retention run killed with the process: roll back and recount what it touched
+                retention_job.recover_interrupted(self.data_dir, self.meta)
         self.retention.start()
         atexit.register(self.close)
         return self
