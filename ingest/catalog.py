@@ -94,7 +94,3 @@ def sync_with_files(con, data_dir, now):
         with immediate(con):
             con.execute("DELETE FROM segments WHERE name = ?", (name,))
     return sorted(on_disk - known)
-
-
-def list_segments(con):
-    return [dict(row) for row in con.execute("SELECT * FROM segments ORDER BY day, seq")]

@@ -228,7 +228,3 @@ class Writer:
     def wait_closers(self, timeout=30):
         for closer in self._closers:
             closer.join(timeout)
-
-
-def response_bytes(accepted, rejected):
-    return orjson.dumps({"accepted": accepted, "rejected": rejected})
