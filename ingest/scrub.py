@@ -108,19 +108,73 @@ def may_hold_card(encoded):
     return _CARD_HINT_BYTES.search(encoded) is not None
 
 
-# Digits become "0", spaces and dashes "-", every other byte "x": card shapes become
-# fixed strings that bytes.find() looks for at C speed over a whole request body.
-_SHAPE = bytes(ord("0") if 48 <= i <= 57 else ord("-") if i in (32, 45) else ord("x") for i in range(256))
+# Digits become "0", spaces and dashes "-", word characters and dots "w", every
+# other byte (quotes, punctuation, non-ASCII) "|": card shapes become fixed
+# strings that bytes.find() looks for at C speed over a whole request body.
+_SHAPE = bytes(ord("0") if 48 <= i <= 57 else ord("-") if i in (32, 45)
+               else ord("w") if (65 <= i <= 90 or 97 <= i <= 122 or i in (46, 95)) else ord("|")
+               for i in range(256))
+_CARD_FIRST_DIGITS = b"23456"
+_UNSCRUBBED_ID_KEYS = (b'"trace_id":"', b'"span_id":"')
 _CARD_SHAPES = (b"0" * 13, b"0000-0000-0000", b"0000-000000-00000")
+
+
+def _card_can_start(body, shaped, pos):
+    """Can a card match (see _CARD) start where the shape found at `pos` begins?
+
+    Walks back over the digits and dashes before `pos` to where a match could
+    start: after a space, a quote or other punctuation, an escape such as \\n,
+    or at the start of the body; never after a letter, digit, underscore, dot or
+    dash; and only on a digit 2-6.
+    """
+    start = pos
+    while start > 0:
+        before = shaped[start - 1]
+        if before == 0x2D and body[start - 1] == 0x20:
+            return True
+        if before != 0x30 and before != 0x2D:
+            break
+        start -= 1
+    if body[start] not in _CARD_FIRST_DIGITS:
+        return False  # the run starts with a dash, or a digit no card number starts with
+    if start == 0:
+        return True
+    before = shaped[start - 1]
+    if before == 0x77:
+        return start >= 2 and body[start - 2] == 0x5C
+    # Trace and span ids are stored as sent, never scrubbed: an all-digit id is no reason.
+    return before == 0x7C and not body.endswith(_UNSCRUBBED_ID_KEYS, 0, start)
+
+
+def _card_can_end(shaped, pos):
+    """Can a card match end inside the digit run at `pos`? Before a separator, or where
+    the run ends on anything but a letter, digit, underscore or dot."""
+    end, size = pos, len(shaped)
+    while end < size:
+        char = shaped[end]
+        if char == 0x2D:
+            return True
+        if char != 0x30:
+            return char != 0x77
+        end += 1
+    return True
 
 
 def body_may_hold_cards(body):
     """False when no part of this raw request body can hold a card number.
 
     One pass over the whole body at C speed instead of a regex per entry: digit
-    shapes of every card layout, or a \\u escape that could spell digits.
+    shapes of every card layout, or a \\u escape that could spell digits. Hex ids
+    (trace ids, UUIDs) hold long digit runs too, but glued to letters, where no
+    card number can start or end: those hits are skipped.
     """
     if b"\\u" in body:
         return True
     shaped = body.translate(_SHAPE)
-    return any(shape in shaped for shape in _CARD_SHAPES)
+    for shape in _CARD_SHAPES:
+        pos = shaped.find(shape)
+        while pos != -1:
+            if _card_can_start(body, shaped, pos) and _card_can_end(shaped, pos):
+                return True
+            pos = shaped.find(shape, pos + 1)
+    return False

@@ -2,7 +2,7 @@ import orjson
 import pytest
 
 from ingest.entries import Limits, to_row
-from ingest.scrub import luhn_ok, scrub_text, scrub_value
+from ingest.scrub import body_may_hold_cards, luhn_ok, scrub_text, scrub_value
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -45,3 +45,49 @@ def test_scrubbing_can_be_turned_off():
     entry = {"service": "api", "message": "4111 1111 1111 1111", "metadata": {"password": "p"}}
     row = to_row(entry, "2026-01-01T00:00:00.000Z", "2026-02-01T00:00:00.000Z", Limits(scrub=False))
     assert row[3] == "4111 1111 1111 1111" and orjson.loads(row[11]) == {"password": "p"}
+
+
+CARD_CONTEXTS = ["4111 1111 1111 1111", "x 4111-1111-1111-1111 y", "\n4111111111111111", "(4111111111111111)",
+                 "id=4111111111111111", "no 1 4111 1111 1111 1111", "\t378282246310005\t", "€4111111111111111",
+                 "order 123 4111 1111 1111 1111", "\"5555555555554444\""]
+
+
+@pytest.mark.parametrize("text", CARD_CONTEXTS)
+def test_body_check_finds_every_card_the_scrubber_masks(text):
+    assert scrub_text(text) != text
+    assert body_may_hold_cards(orjson.dumps([{"message": text}]))
+    assert body_may_hold_cards(orjson.dumps({"metadata": {"card": text}}))
+
+
+@pytest.mark.parametrize("text", [
+    "trace 4bf92f3577b34da6a3ce929d0e0e4736",           # hex id with a long digit run inside
+    "a1234567890123456789b", "v1.4111111111111111", "blk_-6952295868487656571",
+    "req 9a2b1234-5678-9012-3456-7890abcdef12",         # UUID: the digit groups follow letters
+    "short 4111 1111",
+])
+def test_body_check_skips_ids_where_no_card_can_start(text):
+    assert scrub_text(text) == text
+    assert not body_may_hold_cards(orjson.dumps([{"message": text}]))
+
+
+def test_body_check_never_misses_a_card_in_random_text():
+    import random
+    rng = random.Random(5)
+    alphabet = "0123456789abcdef -_.:\"\n"
+    cards = ["4111111111111111", "5555 5555 5555 4444", "3782-822463-10005", "6011000990139424"]
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        if rng.random() < 0.5:
+            cut = rng.randint(0, len(text))
+            text = text[:cut] + rng.choice(cards) + text[cut:]
+        if scrub_text(text) != text:
+            assert body_may_hold_cards(orjson.dumps({"message": text})), text
+
+
+def test_body_check_skips_hex_ids_that_start_with_digits():
+    body = orjson.dumps([{"trace_id": "64429228036159e12fba1b0ad", "span_id": "4515759132710e7b"}])
+    assert not body_may_hold_cards(body)
+    assert body_may_hold_cards(orjson.dumps([{"message": "4111111111111111-e7b"}]))
+    assert not body_may_hold_cards(orjson.dumps([{"request_id": "88485733-8184-9996-1005-f4d13"}]))
+    assert not body_may_hold_cards(orjson.dumps([{"span_id": "5159431369604235"}]))
+    assert body_may_hold_cards(orjson.dumps([{"metadata": {"span": "5159431369604235"}}]))
