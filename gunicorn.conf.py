@@ -55,6 +55,16 @@ def _limit_malloc_arenas():
         pass
 
 
+def post_worker_init(worker):
+    # Datasette and search are open without a login on loopback only: bound elsewhere
+    # (gunicorn -b 0.0.0.0:...), they need a login or an admin token.
+    app = getattr(worker, "wsgi", None)
+    sidecar = getattr(app, "extensions", {}).get("sidecar") if app else None
+    hosts = [str(sock).split("://", 1)[-1].rsplit(":", 1)[0] for sock in getattr(worker, "sockets", [])]
+    if sidecar is not None and not all(is_loopback(host) for host in hosts):
+        sidecar.readers.open_access = False
+
+
 def worker_exit(server, worker):
     app = getattr(worker, "wsgi", None)
     sidecar = getattr(app, "extensions", {}).get("sidecar") if app else None

@@ -3,8 +3,8 @@
 The segments are the record. A tracker thread reads each segment's new rows
 that carry a fingerprint (`id` above the segment's watermark in
 `error_sync`) and folds them into `error_groups`, `error_group_users` and
-`error_group_hours` in the same meta.db transaction that moves the
-watermark. So a group's count always equals its stored events: after a
+`error_group_hours` (and every row into the rollups of ingest/rollups.py)
+in the same meta.db transaction that moves the watermark. So a group's count always equals its stored events: after a
 kill -9, start-up catches up from the watermarks (`reconcile`).
 """
 import logging
@@ -16,6 +16,7 @@ from collections import defaultdict
 import orjson
 
 from . import catalog, segments
+from .rollups import ROLLUP_TABLES, Volume
 
 log = logging.getLogger("sidecar.groups")
 STATUSES = ("unresolved", "resolved", "ignored")
@@ -65,7 +66,7 @@ _NEW_ROWS = ("SELECT id, ts, level, service, message, fingerprint, user_id, rele
 
 def ensure_schema(meta):
     with catalog.immediate(meta):
-        for statement in GROUP_TABLES.split(";"):
+        for statement in (GROUP_TABLES + ROLLUP_TABLES).split(";"):
             if statement.strip():
                 meta.execute(statement)
 
@@ -148,14 +149,16 @@ def _apply(meta, segment, fingerprint, group, now_text):
         "AND count - count_at_ignore >= ignore_until_count", (fingerprint, now_text))
 
 
-def _fold_range(meta, name, low, high, rows, now_text):
-    """Fold `rows` (the error rows with low < id <= high) unless another process already did."""
+def _fold_range(meta, name, low, high, rows, now_text, volume):
+    """Fold `rows` (the error rows with low < id <= high) and the `volume` of all rows
+    in that range, unless another process already did."""
     with catalog.immediate(meta):
         current = meta.execute("SELECT last_id FROM error_sync WHERE segment = ?", (name,)).fetchone()
         if (current[0] if current else 0) != low:
             return 0
         for fingerprint, group in _fold(rows).items():
             _apply(meta, name, fingerprint, group, now_text)
+        volume.apply(meta)
         meta.execute("INSERT OR REPLACE INTO error_sync VALUES (?, ?)", (name, high))
     return len(rows)
 
@@ -178,12 +181,13 @@ def sync_segment(meta, data_dir, name, now_text):
         if high <= low:
             return 0
         rows = con.execute(_NEW_ROWS, (low, high)).fetchall()
+        volume = Volume.of_segment(con, low, high)
     except sqlite3.Error as error:
         log.warning("reading %s for error groups: %s", name, error)
         return 0
     finally:
         con.close()
-    return _fold_range(meta, name, low, high, rows, now_text)
+    return _fold_range(meta, name, low, high, rows, now_text, volume)
 
 
 def error_rows(first_id, rows):
@@ -266,8 +270,9 @@ class GroupTracker:
         return self
 
     def notify(self, name, first_id=None, rows=None):
-        # Keep only the error rows: holding whole commits until the next fold costs memory.
-        handed = None if rows is None else (len(rows), error_rows(first_id, rows))
+        # The writer's thread only appends: picking error rows and counting happen on the tracker's
+        # thread. Commits are held until the next fold (FOLD_INTERVAL_S): a few MB under full load.
+        handed = None if rows is None else rows
         with self._cond:
             self._pending.setdefault(name, []).append((first_id, handed))
             self._cond.notify()
@@ -286,14 +291,15 @@ class GroupTracker:
     def _fold_segment(self, meta, name, chunks, now_text):
         low = watermark(meta, name)
         if chunks and all(handed is not None for _, handed in chunks) and chunks[0][0] == low + 1:
-            expected, folded = low + 1, []
-            for first_id, (count, errors) in chunks:
+            expected, folded, volume = low + 1, [], Volume()
+            for first_id, rows in chunks:
                 if first_id != expected:
                     break
-                folded.extend(errors)
-                expected = first_id + count
+                folded.extend(error_rows(first_id, rows))
+                volume.add(Volume.of_rows(rows))
+                expected = first_id + len(rows)
             else:
-                _fold_range(meta, name, low, expected - 1, folded, now_text)
+                _fold_range(meta, name, low, expected - 1, folded, now_text, volume)
                 return
         sync_segment(meta, self.data_dir, name, now_text)
 

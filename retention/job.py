@@ -12,10 +12,11 @@ import logging
 import os
 import sqlite3
 import time
+from datetime import timedelta
 
 import orjson
 
-from ingest import catalog, groups, segments
+from ingest import catalog, groups, rollups, segments
 from ingest.entries import LEVELS, format_ts
 
 log = logging.getLogger("sidecar.retention")
@@ -238,6 +239,13 @@ def recover_interrupted(data_dir, meta):
         remove_files_only(leftover)
 
 
+def prune_rollups(meta, policy, now):
+    """Rollup minutes outlive entries (counts of what was received) until the longest age of any level."""
+    groups.ensure_schema(meta)
+    with catalog.immediate(meta):
+        return rollups.prune(meta, format_ts(now - timedelta(days=max(policy.ages_days.values())))[:16])
+
+
 def run(data_dir, policy, now, dry_run=False):
     """One retention run; returns its report (also recorded in meta.db unless dry_run)."""
     started = time.perf_counter()
@@ -252,6 +260,7 @@ def run(data_dir, policy, now, dry_run=False):
         job.by_age()
         job.by_budget()
         report = job.report
+        report["rollup_rows_deleted"] = 0 if dry_run else prune_rollups(meta, policy, now)
         report["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
         report["store_bytes"] = store_bytes(data_dir)
         percent, state = policy.budget_state(report["store_bytes"])

@@ -16,8 +16,8 @@ from retention.policy import Policy
 from retention.schedule import Scheduler, run_lock
 
 from . import jsonlog
-from .auth import ADMIN_TOKEN_FILE, TokenChecker, ensure_dev_token
-from .settings import level_days, load_settings
+from .auth import ADMIN_TOKEN_FILE, SESSION_SECRET_FILE, ReaderAuth, TokenChecker, ensure_dev_token
+from .settings import is_loopback, level_days, load_settings
 
 
 class Sidecar:
@@ -33,6 +33,10 @@ class Sidecar:
         self.tokens = TokenChecker(tokens, settings["auth_log_interval_s"])
         admin_tokens = settings["admin_tokens"] or [ensure_dev_token(self.data_dir, ADMIN_TOKEN_FILE)]
         self.admin_tokens = TokenChecker(admin_tokens, settings["auth_log_interval_s"], kind="admin")
+        self.session_secret = settings["session_secret"] or ensure_dev_token(self.data_dir, SESSION_SECRET_FILE)
+        # Open only on loopback with no password; gunicorn.conf.py closes it again if bound elsewhere.
+        self.readers = ReaderAuth(self.admin_tokens, self.session_secret,
+                                  open_access=not settings["datasette_password_hash"] and is_loopback(settings["host"]))
         self.tracker = groups.GroupTracker(self.data_dir, clock, format_ts)
         self.writer = Writer(self.data_dir, settings, clock, on_commit=self.tracker.notify)
         self.idempotency = IdempotencyStore(self.data_dir, settings["idempotency_ttl_s"], clock)
@@ -77,14 +81,19 @@ def create_app(config=None):
     sidecar = Sidecar(load_settings(config), clock).start()
     app = Flask(__name__)
     app.extensions["sidecar"] = sidecar
-    from . import errors, errors_api, health_api, ingest_api, sentry_api, storage_api
+    from . import errors, errors_api, health_api, ingest_api, search_api, sentry_api, storage_api
     app.register_blueprint(errors.bp)
     app.register_blueprint(ingest_api.bp)
     app.register_blueprint(health_api.bp)
     app.register_blueprint(errors_api.bp)
     app.register_blueprint(sentry_api.bp)
     app.register_blueprint(storage_api.bp)
+    app.register_blueprint(search_api.bp)
     _log_requests(app)
+    # Browsers ask every site for /favicon.ico; a 404 shows up as a console error.
+    app.add_url_rule("/favicon.ico", "favicon", lambda: ("", 204, {"Cache-Control": "max-age=86400"}))
+    from .datasette_mount import DatasetteMount
+    app.wsgi_app = app.extensions["datasette"] = DatasetteMount(app.wsgi_app, sidecar)
     return app
 
 

@@ -1,5 +1,7 @@
-"""Command line: `python -m sidecar settings-doc` prints docs/settings.md."""
+"""Command line: `python -m sidecar settings-doc` prints docs/settings.md;
+`python -m sidecar password-hash` makes the hash for SIDECAR_DATASETTE_PASSWORD_HASH."""
 import argparse
+import getpass
 import sys
 
 from .settings import settings_markdown
@@ -18,9 +20,29 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m sidecar")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("settings-doc", help="print the settings reference (docs/settings.md)")
+    password = commands.add_parser("password-hash", help="hash a login password for SIDECAR_DATASETTE_PASSWORD_HASH")
+    password.add_argument("--stdin", action="store_true", help="read the password from standard input")
     args = parser.parse_args(argv)
     if args.command == "settings-doc":
         sys.stdout.write(SETTINGS_DOC_HEAD + settings_markdown())
+    elif args.command == "password-hash":
+        return _password_hash(args.stdin)
+    return 0
+
+
+def _password_hash(from_stdin):
+    from datasette_auth_passwords.utils import hash_password
+    if from_stdin:
+        secret = sys.stdin.readline().rstrip("\n")
+    else:
+        secret = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != secret:
+            sys.stderr.write("the two passwords differ\n")
+            return 2
+    if len(secret) < 8:
+        sys.stderr.write("use at least 8 characters\n")
+        return 2
+    print(hash_password(secret))
     return 0
 
 

@@ -12,6 +12,8 @@ from . import jsonlog
 
 DEV_TOKEN_FILE = "dev-token"
 ADMIN_TOKEN_FILE = "dev-admin-token"
+SESSION_SECRET_FILE = "session-secret"
+SESSION_COOKIE = "ds_actor"  # Datasette's login cookie: one login for Datasette and the sidecar's pages
 
 
 def ensure_dev_token(data_dir, filename=DEV_TOKEN_FILE):
@@ -25,7 +27,8 @@ def ensure_dev_token(data_dir, filename=DEV_TOKEN_FILE):
             return token
     except FileNotFoundError:
         pass
-    token = ("dev-admin-" if filename == ADMIN_TOKEN_FILE else "dev-") + secrets.token_urlsafe(24)
+    prefixes = {ADMIN_TOKEN_FILE: "dev-admin-", SESSION_SECRET_FILE: ""}
+    token = prefixes.get(filename, "dev-") + secrets.token_urlsafe(32 if filename == SESSION_SECRET_FILE else 24)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
@@ -79,3 +82,65 @@ def bearer_token():
     if scheme.lower() == "bearer":
         return value.strip()
     return None
+
+
+class ReaderAuth:
+    """Who may read logs (search, trace view, Datasette): an admin token, or a logged-in engineer.
+
+    The login is Datasette's (datasette-auth-passwords): its `ds_actor` cookie,
+    signed with the session secret, is checked here too, so one login covers
+    the sidecar's pages and Datasette. With `open_access` (loopback, no password
+    configured) everyone may read.
+    """
+
+    def __init__(self, admin_tokens, secret, open_access):
+        self.admin_tokens = admin_tokens
+        self.secret = secret
+        self.open_access = open_access
+
+    def actor(self):
+        """The reader of this request as a dict, or None."""
+        token = bearer_token()
+        if token and self.admin_tokens.matches(token):
+            return {"id": "admin-token"}
+        cookie = request.cookies.get(SESSION_COOKIE)
+        return actor_from_cookie(cookie, self.secret) if cookie else None
+
+    def require(self):
+        actor = self.actor()
+        if actor is not None:
+            return actor
+        if self.open_access:
+            return {"id": "anonymous"}
+        self.admin_tokens.require(bearer_token(), reason_if_missing="no admin token or login")
+        return None  # not reached: require() raised
+
+
+def actor_from_cookie(cookie, secret, now=None):
+    """Decode Datasette's signed `ds_actor` cookie; None when forged or expired."""
+    from itsdangerous import BadSignature, URLSafeSerializer
+    try:
+        decoded = URLSafeSerializer(secret, "actor").loads(cookie)
+    except BadSignature:
+        return None
+    if not isinstance(decoded, dict) or not isinstance(decoded.get("a"), dict):
+        return None
+    expires = decoded.get("e")
+    if expires is not None:
+        try:
+            if _base62_decode(expires) < (now or time.time()):
+                return None
+        except (TypeError, ValueError):
+            return None
+    return decoded["a"]
+
+
+_BASE62 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopqrstuvwxyz"  # datasette.utils.baseconv.base62
+
+
+def _base62_decode(text):
+    # Datasette writes the expiry of a cookie as base62 seconds (datasette.utils.baseconv).
+    value = 0
+    for char in text:
+        value = value * 62 + _BASE62.index(char)
+    return value

@@ -28,7 +28,18 @@ def print_banner(settings, addresses, stream=None):
         "-d '{{\"service\": \"demo\", \"level\": \"error\", \"message\": \"hello from curl\"}}'\n"
         "  curl -sS {url}/api/errors -H 'Authorization: Bearer {admin}'\n"
         "Sentry SDK DSN: http://{token}@{hostport}/1\n"
-        "health: {url}/api/health\n\n".format(url=url, data=os.path.abspath(settings["data_dir"]),
+        "health: {url}/api/health\n"
+        "datasette: {url}/datasette/  search: {url}/search  ({access})\n\n".format(url=url, data=os.path.abspath(settings["data_dir"]),
                                               token=token, origin=origin, admin=admin, admin_origin=admin_origin,
-                                              hostport=url.split("://", 1)[-1]))
+                                              hostport=url.split("://", 1)[-1], access=_access(settings, addresses)))
     stream.flush()
+
+
+def _access(settings, addresses):
+    from .settings import is_loopback
+    hosts = [address.split("://", 1)[-1].rsplit(":", 1)[0] for address in addresses] or [settings["host"]]
+    if settings["datasette_password_hash"]:
+        return "login required: user {}".format(settings["datasette_user"])
+    if all(is_loopback(host) for host in hosts):
+        return "OPEN to anyone on this machine: no SIDECAR_DATASETTE_PASSWORD_HASH set; fine on a laptop"
+    return "closed: set SIDECAR_DATASETTE_PASSWORD_HASH to log in; admin tokens work"

@@ -61,6 +61,11 @@ SETTINGS = (
     Setting("disk_budget_critical_percent", 95, "Budget use reported as critical from this percentage.", int),
     Setting("retention_interval_s", 600, "How often the retention job runs in the server (one process at a time).", int),
     Setting("retention_chunk_rows", 2000, "Rows deleted per transaction when pruning levels inside a segment, so nothing waits long.", int),
+    Setting("datasette_user", "admin", "User name engineers log in with at `/datasette/-/login` (and on the search page)."),
+    Setting("datasette_password_hash", "", "PBKDF2 hash of the login password, made by `python -m sidecar password-hash`. Unset: Datasette and search are open to anyone on a loopback address, and closed (admin tokens only) on any other.", str),
+    Setting("session_secret", "", "Secret that signs login cookies. Unset: generated once into `<data_dir>/session-secret`. Set it on hosts whose disk is wiped, so logins survive a restart.", str),
+    Setting("search_max_limit", 1000, "Most hits one search request may ask for (`limit`).", int),
+    Setting("dashboard_refresh_s", 60, "How often the Datasette dashboards reload themselves.", int),
     Setting("memory_limit_bytes", 512 * MiB, "Memory the host allows the sidecar; `/api/health` reports RSS against it.", int),
     Setting("auth_log_interval_s", 10, "Failed authentication attempts are logged at most once per this interval per client address.", int),
 )
@@ -147,6 +152,11 @@ def check_settings(values):
             raise SettingsError("every token in SIDECAR_{} must be at least 16 characters long".format(name.upper()))
     if set(values["ingest_tokens"]) & set(values["admin_tokens"]):
         raise SettingsError("SIDECAR_ADMIN_TOKENS and SIDECAR_INGEST_TOKENS must not share a token")
+    if values["datasette_password_hash"] and not values["datasette_password_hash"].startswith("pbkdf2_sha256$"):
+        raise SettingsError("SIDECAR_DATASETTE_PASSWORD_HASH must be a pbkdf2_sha256$... hash: make one with "
+                            "`python -m sidecar password-hash`")
+    if values["session_secret"] and len(values["session_secret"]) < 32:
+        raise SettingsError("SIDECAR_SESSION_SECRET must be at least 32 characters long")
     unknown_levels = set(values["fingerprint_levels"]) - {"debug", "info", "warn", "error", "critical"}
     if unknown_levels:
         raise SettingsError("SIDECAR_FINGERPRINT_LEVELS has unknown levels: " + ", ".join(sorted(unknown_levels)))

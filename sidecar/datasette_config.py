@@ -1,0 +1,194 @@
+"""Datasette's metadata: who may look, canned queries, and the Overview dashboard.
+
+Built from the settings when Datasette loads. Charts and canned queries read
+meta.db's small tables (error groups, the per-minute rollups of
+ingest/rollups.py, the segment catalog), never whole segments, so they stay
+fast as the store grows.
+"""
+
+ADMIN_TOKEN_ACTOR = "admin-token"
+SINCE_6H = "strftime('%Y-%m-%dT%H:%M', 'now', '-6 hours')"
+SINCE_24H = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 day')"
+ERRORS = "sum(CASE WHEN level IN ('error', 'critical') THEN entries ELSE 0 END)"
+
+
+def html_text(expression):
+    """SQL that HTML-escapes `expression`: dashboard tables render cells as HTML, and
+    titles come from log messages, which anyone using the app can write."""
+    for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;"), ("'", "&#39;")):
+        expression = "replace({}, '{}', '{}')".format(expression, char.replace("'", "''"), entity)
+    return expression
+
+
+def group_link(base):
+    return ("'<a href=\"{}meta/error_groups/' || fingerprint || '\">' || {} || '</a>'"
+            .format(base, html_text("title")))
+
+
+def at_least_one_row(select, placeholder):
+    """The dashboards plugin cannot draw a table without rows: show a placeholder row instead."""
+    return "WITH found AS ({}) SELECT * FROM found UNION ALL SELECT {} WHERE NOT EXISTS (SELECT 1 FROM found)".format(
+        select, placeholder)
+
+
+def canned_queries():
+    group_columns = ("fingerprint, title, service, count, users_affected, status, first_seen, last_seen, "
+                     "last_release")
+    return {
+        "top_groups_by_count": {
+            "title": "Top error groups by events",
+            "description": "Unresolved error groups with the most events.",
+            "sql": "SELECT {} FROM error_groups WHERE status = 'unresolved' ORDER BY count DESC LIMIT 50"
+                   .format(group_columns)},
+        "top_groups_by_users": {
+            "title": "Top error groups by users affected",
+            "description": "Unresolved error groups that reached the most distinct user_id values.",
+            "sql": "SELECT {} FROM error_groups WHERE status = 'unresolved' ORDER BY users_affected DESC, "
+                   "count DESC LIMIT 50".format(group_columns)},
+        "new_groups_24h": {
+            "title": "New error groups (last 24 hours)",
+            "description": "Groups whose first event is less than a day old.",
+            "sql": "SELECT {} FROM error_groups WHERE first_seen >= {} ORDER BY first_seen DESC"
+                   .format(group_columns, SINCE_24H)},
+        "regressed_groups": {
+            "title": "Regressed error groups",
+            "description": "Groups that were resolved and received a new event since.",
+            "sql": "SELECT {}, regressed_at FROM error_groups WHERE regressed_at IS NOT NULL "
+                   "ORDER BY regressed_at DESC LIMIT 100".format(group_columns)},
+        "error_rate_per_minute": {
+            "title": "Error rate per service per minute",
+            "description": "Share of error and critical entries per service and minute, last :hours hours.",
+            "sql": "SELECT minute, service, {errors} AS errors, sum(entries) AS entries, "
+                   "round(100.0 * {errors} / sum(entries), 2) AS error_percent FROM volume_minute "
+                   "WHERE minute >= strftime('%Y-%m-%dT%H:%M', 'now', '-' || coalesce(nullif(:hours, ''), 1) "
+                   "|| ' hours') GROUP BY minute, service ORDER BY minute DESC, service".format(errors=ERRORS)},
+        "error_rate_per_hour": {
+            "title": "Error rate per service per hour",
+            "description": "Share of error and critical entries per service and hour, last :days days.",
+            "sql": "SELECT substr(minute, 1, 13) AS hour, service, {errors} AS errors, sum(entries) AS entries, "
+                   "round(100.0 * {errors} / sum(entries), 2) AS error_percent FROM volume_minute "
+                   "WHERE minute >= strftime('%Y-%m-%dT%H:%M', 'now', '-' || coalesce(nullif(:days, ''), 1) "
+                   "|| ' days') GROUP BY hour, service ORDER BY hour DESC, service".format(errors=ERRORS)},
+        "volume_by_level": {
+            "title": "Volume by level per hour",
+            "description": "Entries per level and hour (by event time), last 24 hours.",
+            "sql": "SELECT substr(minute, 1, 13) AS hour, level, sum(entries) AS entries FROM volume_minute "
+                   "WHERE minute >= strftime('%Y-%m-%dT%H:%M', 'now', '-1 day') GROUP BY hour, level "
+                   "ORDER BY hour DESC, level"},
+        "storage_per_segment": {
+            "title": "Storage per segment",
+            "description": "Every segment file: rows, bytes, time range; the head is still being written.",
+            "sql": "SELECT name, CASE WHEN closed_at IS NULL THEN 'head' ELSE 'closed' END AS state, row_count, "
+                   "bytes, round(bytes / 1048576.0, 1) AS mib, min_ts, max_ts, created_at, closed_at, generation "
+                   "FROM segments ORDER BY day DESC, seq DESC"},
+    }
+
+
+def segment_queries():
+    return {
+        "slowest_requests": {
+            "title": "Slowest requests",
+            "description": "Entries of this segment with metadata.duration_ms, slowest first.",
+            "sql": "SELECT id, ts, service, json_extract(metadata, '$.route') AS route, "
+                   "json_extract(metadata, '$.status') AS status, "
+                   "CAST(json_extract(metadata, '$.duration_ms') AS REAL) AS duration_ms, message FROM logs "
+                   "WHERE json_extract(metadata, '$.duration_ms') IS NOT NULL ORDER BY duration_ms DESC LIMIT 100"},
+    }
+
+
+def _time_chart(title, query, mark, y_field, y_title, color=None):
+    encoding = {"x": {"field": "minute", "type": "temporal", "title": "minute (UTC)", "scale": {"type": "utc"}},
+                "y": {"field": y_field, "type": "quantitative", "title": y_title}}
+    if color:
+        encoding["color"] = {"field": color, "type": "nominal"}
+    return {"title": title, "db": "meta", "query": query, "library": "vega-lite",
+            "display": {"mark": {"type": mark, "tooltip": True}, "encoding": encoding}}
+
+
+def overview_dashboard(settings, base):
+    service_filter = "[[ AND service = :service ]]"
+    budget = settings["disk_budget_bytes"]
+    storage_query = ("SELECT round(100.0 * sum(bytes) / {}, 1) AS used FROM segments".format(budget) if budget
+                     else "SELECT round(sum(bytes) / 1048576.0, 1) AS used FROM segments")
+    top_groups = at_least_one_row(
+        "SELECT {} AS error_group, service, count AS events, users_affected AS users, last_seen "
+        "FROM error_groups WHERE status = 'unresolved' ORDER BY count DESC LIMIT 10".format(group_link(base)),
+        "'no unresolved error group', '', 0, 0, ''")
+    new_groups = at_least_one_row(
+        "SELECT {} AS error_group, service, count AS events, first_seen FROM error_groups "
+        "WHERE first_seen >= {} ORDER BY first_seen DESC LIMIT 10".format(group_link(base), SINCE_24H),
+        "'no new error group in 24 hours', '', 0, ''")
+    return {
+        "title": "Overview",
+        "description": "Log volume, errors, storage and ingest of the last 6 hours (UTC); reloads itself.",
+        "settings": {"autorefresh": round(settings["dashboard_refresh_s"] / 60, 2), "allow_fullscreen": True},
+        "layout": [["events-by-level", "events-by-level", "error-rate-now"],
+                   ["error-rate", "error-rate", "storage-used"],
+                   ["top-groups", "top-groups", "new-groups"],
+                   ["ingest-rate", "ingest-rate", "new-groups"]],
+        "filters": {"service": {"name": "Service", "type": "select", "db": "meta",
+                                "query": "SELECT DISTINCT service FROM volume_minute ORDER BY service"}},
+        "charts": {
+            "events-by-level": _time_chart(
+                "Events per minute by level",
+                "SELECT minute || ':00Z' AS minute, level, sum(entries) AS entries FROM volume_minute "
+                "WHERE minute >= {} {} GROUP BY minute, level ORDER BY minute".format(SINCE_6H, service_filter),
+                "bar", "entries", "entries", color="level"),
+            "error-rate": _time_chart(
+                "Error rate per minute (% of entries at error or critical)",
+                "SELECT minute || ':00Z' AS minute, round(100.0 * {} / sum(entries), 2) AS error_percent "
+                "FROM volume_minute WHERE minute >= {} {} GROUP BY minute ORDER BY minute"
+                .format(ERRORS, SINCE_6H, service_filter), "line", "error_percent", "% errors"),
+            "error-rate-now": {
+                "title": "Error rate, last hour", "db": "meta", "library": "metric",
+                "query": "SELECT coalesce(round(100.0 * {} / sum(entries), 2), 0) AS rate FROM volume_minute "
+                         "WHERE minute >= strftime('%Y-%m-%dT%H:%M', 'now', '-1 hour') {}"
+                         .format(ERRORS, service_filter),
+                "display": {"field": "rate", "suffix": "%"}},
+            "storage-used": {
+                "title": "Storage used" + (" of the {:.0f} MiB budget".format(budget / 1048576) if budget else ""),
+                "db": "meta", "library": "metric", "query": storage_query,
+                "display": {"field": "used", "suffix": "%" if budget else " MiB"}},
+            "top-groups": {"title": "Top unresolved error groups", "db": "meta", "library": "table",
+                           "query": top_groups},
+            "new-groups": {"title": "New error groups (24 h)", "db": "meta", "library": "table",
+                           "query": new_groups},
+            "ingest-rate": _time_chart(
+                "Ingest rate (entries received per minute)",
+                "SELECT minute || ':00Z' AS minute, entries FROM ingest_minute WHERE minute >= {} ORDER BY minute"
+                .format(SINCE_6H), "line", "entries", "entries"),
+        },
+    }
+
+
+def allowed_actors(sidecar):
+    """None: everyone (loopback, no password); else the login user and the admin-token actor."""
+    if sidecar.readers.open_access:
+        return None
+    actors = [ADMIN_TOKEN_ACTOR]
+    if sidecar.settings["datasette_password_hash"]:
+        actors.insert(0, sidecar.settings["datasette_user"])
+    return {"id": actors}
+
+
+def metadata(sidecar, base="/datasette/"):
+    settings = sidecar.settings
+    plugins = {"datasette-dashboards": {"overview": overview_dashboard(settings, base)}}
+    if settings["datasette_password_hash"]:
+        plugins["datasette-auth-passwords"] = {
+            "{}_password_hash".format(settings["datasette_user"]): settings["datasette_password_hash"]}
+    result = {
+        "title": "Log sidecar",
+        "description_html": ('Logs, error groups and storage. <a href="/search">Search logs</a> · '
+                             '<a href="{}-/dashboards/overview">Overview dashboard</a>'.format(base)),
+        "plugins": plugins,
+        "databases": {"meta": {
+            "title": "meta: error groups, rollups, catalog",
+            "queries": canned_queries(),
+            "tables": {"error_groups": {"label_column": "title", "sort_desc": "last_seen"},
+                       "segments": {"sort_desc": "created_at"}}}},
+    }
+    actors = allowed_actors(sidecar)
+    if actors is not None:
+        result["allow"] = actors
+    return result
