@@ -53,7 +53,11 @@ CREATE INDEX IF NOT EXISTS logs_fingerprint ON logs(fingerprint) WHERE fingerpri
 # sorted, when the segment closes.
 CLOSED_SEGMENT_INDEXES = """
 CREATE INDEX IF NOT EXISTS logs_trace_id ON logs(trace_id) WHERE trace_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS logs_duration ON logs(CAST(json_extract(metadata, '$.duration_ms') AS REAL))
+    WHERE json_extract(metadata, '$.duration_ms') IS NOT NULL;
 """
+# logs_duration: the slowest requests of a closed segment (Datasette's slowest_requests query)
+# without reading every row's metadata.
 
 # The rows travel as one JSON array so that the whole insert runs inside
 # SQLite without the GIL: executemany gives the GIL up and takes it back for

@@ -89,15 +89,41 @@ def segment_queries():
         "slowest_requests": {
             "title": "Slowest requests",
             "description": "Entries of this segment with metadata.duration_ms, slowest first.",
+            # ORDER BY spells out the expression of the logs_duration index that closed segments get.
             "sql": "SELECT id, ts, service, json_extract(metadata, '$.route') AS route, "
                    "json_extract(metadata, '$.status') AS status, "
                    "CAST(json_extract(metadata, '$.duration_ms') AS REAL) AS duration_ms, message FROM logs "
-                   "WHERE json_extract(metadata, '$.duration_ms') IS NOT NULL ORDER BY duration_ms DESC LIMIT 100"},
+                   "WHERE json_extract(metadata, '$.duration_ms') IS NOT NULL "
+                   "ORDER BY CAST(json_extract(metadata, '$.duration_ms') AS REAL) DESC LIMIT 100"},
     }
 
 
+def latency_percentiles_sql(since, by_minute=False):
+    """p50/p95/p99 per service (and minute) from latency_minute, interpolated inside each bucket
+    as ingest.latency.percentiles() does; the open last bucket reports its lower bound."""
+    keys = "service, minute" if by_minute else "service"
+    return (
+        "WITH per AS (SELECT {keys}, bucket, sum(count) AS n FROM latency_minute WHERE minute >= {since} "
+        "GROUP BY {keys}, bucket), "
+        "run AS (SELECT {keys}, bucket, n, sum(n) OVER (PARTITION BY {keys} ORDER BY bucket) AS upto, "
+        "sum(n) OVER (PARTITION BY {keys}) AS total FROM per), "
+        "q(q) AS (VALUES (0.5), (0.95), (0.99)), "
+        "pick AS (SELECT {keys}, q, total, min(bucket) AS bucket FROM run, q WHERE upto >= q * total "
+        "GROUP BY {keys}, q), "
+        "est AS (SELECT pick.{first}, {minute_col} pick.q, pick.total, "
+        "coalesce(low.le_ms, 0) + (coalesce(high.le_ms, coalesce(low.le_ms, 0)) - coalesce(low.le_ms, 0)) "
+        "* (pick.q * pick.total - (run.upto - run.n)) / run.n AS ms "
+        "FROM pick JOIN run USING ({keys}, bucket) JOIN latency_buckets high ON high.bucket = pick.bucket "
+        "LEFT JOIN latency_buckets low ON low.bucket = pick.bucket - 1) "
+        "SELECT {keys}, max(total) AS requests, round(max(CASE WHEN q = 0.5 THEN ms END), 1) AS p50_ms, "
+        "round(max(CASE WHEN q = 0.95 THEN ms END), 1) AS p95_ms, "
+        "round(max(CASE WHEN q = 0.99 THEN ms END), 1) AS p99_ms FROM est GROUP BY {keys} ORDER BY {keys}"
+    ).format(keys=keys, since=since, first="service", minute_col="pick.minute," if by_minute else "")
+
+
 def _time_chart(title, query, mark, y_field, y_title, color=None):
-    encoding = {"x": {"field": "minute", "type": "temporal", "title": "minute (UTC)", "scale": {"type": "utc"}},
+    encoding = {"x": {"field": "minute", "type": "temporal", "title": "minute (UTC)", "scale": {"type": "utc"},
+                      "axis": {"format": "%H:%M"}},
                 "y": {"field": y_field, "type": "quantitative", "title": y_title}}
     if color:
         encoding["color"] = {"field": color, "type": "nominal"}
@@ -120,14 +146,19 @@ def overview_dashboard(settings, base):
         "'no new error group in 24 hours', '', 0, ''")
     return {
         "title": "Overview",
-        "description": "Log volume, errors, storage and ingest of the last 6 hours (UTC); reloads itself.",
+        "description": "Log volume, errors, storage, ingest, health, latency and alerts of the last 6 hours "
+                       "(UTC); reloads itself.",
         "settings": {"autorefresh": round(settings["dashboard_refresh_s"] / 60, 2), "allow_fullscreen": True},
         "layout": [["events-by-level", "events-by-level", "error-rate-now"],
                    ["error-rate", "error-rate", "storage-used"],
                    ["top-groups", "top-groups", "new-groups"],
-                   ["ingest-rate", "ingest-rate", "new-groups"]],
+                   ["ingest-rate", "ingest-rate", "new-groups"],
+                   ["health", "health", "memory-used"],
+                   ["latency-p95", "latency-p95", "latency-table"],
+                   ["alerts", "alerts", "alerts"]],
         "filters": {"service": {"name": "Service", "type": "select", "db": "meta",
-                                "query": "SELECT DISTINCT service FROM volume_minute ORDER BY service"}},
+                                "query": "SELECT DISTINCT service FROM volume_minute WHERE minute >= "
+                                         "strftime('%Y-%m-%dT%H:%M', 'now', '-1 day') ORDER BY service"}},
         "charts": {
             "events-by-level": _time_chart(
                 "Events per minute by level",
@@ -153,6 +184,44 @@ def overview_dashboard(settings, base):
                            "query": top_groups},
             "new-groups": {"title": "New error groups (24 h)", "db": "meta", "library": "table",
                            "query": new_groups},
+            "health": {
+                "title": "Health over time (one sample per alert evaluation)", "db": "meta",
+                "library": "vega-lite",
+                "query": "SELECT ts AS minute, status FROM health_samples WHERE ts >= strftime('%Y-%m-%dT%H:%M', "
+                         "'now', '-6 hours') ORDER BY ts",
+                "display": {"mark": {"type": "tick", "tooltip": True, "thickness": 3},
+                            "encoding": {"x": {"field": "minute", "type": "temporal", "title": "time (UTC)",
+                                               "scale": {"type": "utc"}, "axis": {"format": "%H:%M"}},
+                                         "y": {"field": "status", "type": "nominal", "title": None,
+                                               "sort": ["healthy", "degraded", "unhealthy"]},
+                                         "color": {"field": "status", "type": "nominal", "scale": {
+                                             "domain": ["healthy", "degraded", "unhealthy"],
+                                             "range": ["#2e7d32", "#f9a825", "#c62828"]}}}}},
+            "memory-used": {
+                "title": "Memory used of SIDECAR_MEMORY_LIMIT_BYTES (latest sample)", "db": "meta",
+                "library": "metric",
+                "query": "SELECT coalesce((SELECT json_extract(details, '$.memory.percent') FROM health_samples "
+                         "ORDER BY ts DESC LIMIT 1), 0) AS used",
+                "display": {"field": "used", "suffix": "%"}},
+            "latency-p95": _time_chart(
+                "p95 latency per service per minute (entries with metadata.duration_ms)",
+                "SELECT minute || ':00Z' AS minute, service, p95_ms FROM ({}) WHERE 1 {}"
+                .format(latency_percentiles_sql(SINCE_6H, by_minute=True), service_filter),
+                "line", "p95_ms", "p95 ms", color="service"),
+            "latency-table": {
+                "title": "Latency per service, last hour", "db": "meta", "library": "table",
+                "query": at_least_one_row(
+                    "SELECT {} AS service, requests, p50_ms, p95_ms, p99_ms FROM ({})".format(
+                        html_text("service"), latency_percentiles_sql(
+                            "strftime('%Y-%m-%dT%H:%M', 'now', '-1 hour')")),
+                    "'no durations in the last hour', 0, NULL, NULL, NULL")},
+            "alerts": {
+                "title": "Alerts: firing and recent", "db": "meta", "library": "table",
+                "query": at_least_one_row(
+                    "SELECT state, severity, {} AS rule, started_at, resolved_at, {} AS summary FROM alerts "
+                    "ORDER BY state = 'firing' DESC, started_at DESC LIMIT 15".format(
+                        html_text("rule"), html_text("summary")),
+                    "'none', '', 'no alert yet', '', '', ''")},
             "ingest-rate": _time_chart(
                 "Ingest rate (entries received per minute)",
                 "SELECT minute || ':00Z' AS minute, entries FROM ingest_minute WHERE minute >= {} ORDER BY minute"
