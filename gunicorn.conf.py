@@ -10,6 +10,12 @@ except SettingsError as _error:
     sys.stderr.write("sidecar: {}\n".format(_error))
     raise SystemExit(2) from None
 
+# /metrics sums the counts of every worker (sidecar/metrics.py): a fresh directory for them,
+# in the environment before any worker imports prometheus_client.
+from sidecar import metrics_dir  # noqa: E402
+
+metrics_dir.prepare(_settings["data_dir"])
+
 bind = "{}:{}".format(_settings["host"], _settings["port"])
 workers = _settings["workers"]
 # One writer thread per process wants threads, not processes: requests
@@ -63,6 +69,10 @@ def post_worker_init(worker):
     hosts = [str(sock).split("://", 1)[-1].rsplit(":", 1)[0] for sock in getattr(worker, "sockets", [])]
     if sidecar is not None and not all(is_loopback(host) for host in hosts):
         sidecar.readers.open_access = False
+
+
+def child_exit(server, worker):
+    metrics_dir.worker_gone(worker.pid)
 
 
 def worker_exit(server, worker):

@@ -3,7 +3,7 @@
 The segments are the record. A tracker thread reads each segment's new rows
 that carry a fingerprint (`id` above the segment's watermark in
 `error_sync`) and folds them into `error_groups`, `error_group_users` and
-`error_group_hours` (and every row into the rollups of ingest/rollups.py)
+`error_group_hours` (and every row into the rollups of ingest/rollups.py and ingest/latency.py)
 in the same meta.db transaction that moves the watermark. So a group's count always equals its stored events: after a
 kill -9, start-up catches up from the watermarks (`reconcile`).
 """
@@ -16,6 +16,7 @@ from collections import defaultdict
 import orjson
 
 from . import catalog, segments
+from .latency import LATENCY_TABLES, Latency
 from .rollups import ROLLUP_TABLES, Volume
 
 log = logging.getLogger("sidecar.groups")
@@ -66,7 +67,7 @@ _NEW_ROWS = ("SELECT id, ts, level, service, message, fingerprint, user_id, rele
 
 def ensure_schema(meta):
     with catalog.immediate(meta):
-        for statement in (GROUP_TABLES + ROLLUP_TABLES).split(";"):
+        for statement in (GROUP_TABLES + ROLLUP_TABLES + LATENCY_TABLES).split(";"):
             if statement.strip():
                 meta.execute(statement)
 
@@ -149,8 +150,8 @@ def _apply(meta, segment, fingerprint, group, now_text):
         "AND count - count_at_ignore >= ignore_until_count", (fingerprint, now_text))
 
 
-def _fold_range(meta, name, low, high, rows, now_text, volume):
-    """Fold `rows` (the error rows with low < id <= high) and the `volume` of all rows
+def _fold_range(meta, name, low, high, rows, now_text, volume, latency=None):
+    """Fold `rows` (the error rows with low < id <= high) and the `volume` (and `latency`) of all rows
     in that range, unless another process already did."""
     with catalog.immediate(meta):
         current = meta.execute("SELECT last_id FROM error_sync WHERE segment = ?", (name,)).fetchone()
@@ -159,6 +160,8 @@ def _fold_range(meta, name, low, high, rows, now_text, volume):
         for fingerprint, group in _fold(rows).items():
             _apply(meta, name, fingerprint, group, now_text)
         volume.apply(meta)
+        if latency is not None:
+            latency.apply(meta)
         meta.execute("INSERT OR REPLACE INTO error_sync VALUES (?, ?)", (name, high))
     return len(rows)
 
@@ -182,12 +185,13 @@ def sync_segment(meta, data_dir, name, now_text):
             return 0
         rows = con.execute(_NEW_ROWS, (low, high)).fetchall()
         volume = Volume.of_segment(con, low, high)
+        latency = Latency.of_segment(con, low, high)
     except sqlite3.Error as error:
         log.warning("reading %s for error groups: %s", name, error)
         return 0
     finally:
         con.close()
-    return _fold_range(meta, name, low, high, rows, now_text, volume)
+    return _fold_range(meta, name, low, high, rows, now_text, volume, latency)
 
 
 def error_rows(first_id, rows):
@@ -291,15 +295,16 @@ class GroupTracker:
     def _fold_segment(self, meta, name, chunks, now_text):
         low = watermark(meta, name)
         if chunks and all(handed is not None for _, handed in chunks) and chunks[0][0] == low + 1:
-            expected, folded, volume = low + 1, [], Volume()
+            expected, folded, volume, latency = low + 1, [], Volume(), Latency()
             for first_id, rows in chunks:
                 if first_id != expected:
                     break
                 folded.extend(error_rows(first_id, rows))
                 volume.add(Volume.of_rows(rows))
+                latency.add_rows(rows)
                 expected = first_id + len(rows)
             else:
-                _fold_range(meta, name, low, expected - 1, folded, now_text, volume)
+                _fold_range(meta, name, low, expected - 1, folded, now_text, volume, latency)
                 return
         sync_segment(meta, self.data_dir, name, now_text)
 

@@ -12,18 +12,13 @@ from datetime import timedelta
 
 from . import catalog, segments
 from .entries import format_ts
+from .locks import pid_alive
 
 MAX_KEY_LENGTH = 255
 
 
 def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def reconcile(meta, data_dir, cutoff):

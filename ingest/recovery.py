@@ -27,6 +27,7 @@ class Head:
         self.row_count = stats["row_count"]
         self.min_ts, self.max_ts = stats["min_ts"], stats["max_ts"]
         self.last_id = segments.max_id(con)
+        self.ids_explicit = False  # set by the writer once the newest rows were deleted (see writer.py)
 
     def note_rows(self, rows):
         timestamps = [row[0] for row in rows]

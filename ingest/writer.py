@@ -4,6 +4,9 @@ Request threads hand over validated rows with `submit()` and wait on the
 batch; the writer takes every batch waiting (up to `commit_max_entries`),
 writes them in one transaction, commits, and only then wakes the requests,
 so an acknowledgement always means "on disk".
+
+Other work on the head (deleting the deep health check's probe entries) runs
+on the same thread between two transactions, through `call()`.
 """
 import collections
 import logging
@@ -20,6 +23,11 @@ from .entries import format_ts
 
 log = logging.getLogger("sidecar.writer")
 WAL_RESTART_BYTES = 32 * 1024 * 1024
+# After the newest rows were deleted, ids are given explicitly from head.last_id + 1: SQLite would
+# hand out max(id) + 1 again, and an id that the FTS feed, the error-group watermark or a link has
+# already seen must never name another entry.
+INSERT_LOG_JSON_FROM_ID = "INSERT INTO logs (id, {}) SELECT ? + key, {} FROM json_each(?)".format(
+    ", ".join(schema.LOG_COLUMNS), ", ".join("value ->> {}".format(i) for i in range(len(schema.LOG_COLUMNS))))
 
 
 class QueueFull(Exception):
@@ -45,14 +53,26 @@ class Batch:
         self.error = None
 
 
+class _Call:
+    __slots__ = ("fn", "done", "result", "error")
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.done = threading.Event()
+        self.result = None
+        self.error = None
+
+
 class Writer:
     def __init__(self, data_dir, settings, clock=utc_now, on_commit=None):
         self.data_dir = data_dir
         self.on_commit = on_commit  # called with (head name, first id, rows) after every commit
+        self.observe_commit = None  # called with (seconds, entries, queued entries) after every commit (metrics)
         self.settings = settings
         self.clock = clock
         self._pending = collections.deque()
         self._pending_entries = 0
+        self._calls = collections.deque()  # _Call: work run on the writer thread between transactions
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = None
@@ -71,6 +91,7 @@ class Writer:
         os.makedirs(segments.segments_dir(self.data_dir), exist_ok=True)
         self.meta = catalog.connect_meta(self.data_dir)
         self.head = recovery.recover_and_open_head(self.data_dir, self.meta, self.settings, self.clock())
+        self._keep_ids_past_watermark(self.head)
         self._checkpointer = segments.Checkpointer().start(self.head.path)
         self._thread = threading.Thread(target=self._run, name="sidecar-writer", daemon=True)
         self._thread.start()
@@ -100,6 +121,40 @@ class Writer:
     def queued_entries(self):
         return self._pending_entries
 
+    def call(self, fn, timeout=30):
+        """Run `fn(head)` on the writer thread between two transactions and return what it returns.
+
+        `head` is the recovery.Head being written; `fn` may use `head.con` (no transaction is
+        open) and must be short: ingest waits for it. Raises what `fn` raised, StorageUnavailable
+        when the writer is stopping, TimeoutError when it did not run within `timeout`.
+        """
+        item = _Call(fn)
+        with self._cond:
+            if self._stopping or self._thread is None:
+                raise StorageUnavailable("the sidecar is shutting down")
+            self._calls.append(item)
+            self._cond.notify()
+        if not item.done.wait(timeout):
+            raise TimeoutError("the writer did not run the call within {} s".format(timeout))
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+    def delete_entries(self, segment, ids, service, timeout=30):
+        """Delete the entries `ids` of `service` from `segment` if it is still this writer's head.
+
+        Returns how many were deleted, or None when the head has rotated since (the entries then
+        stay in the closed segment). Runs on the writer thread, which owns the head.
+        """
+        ids = [int(entry_id) for entry_id in ids]
+
+        def delete(head):
+            if head.name != segment:
+                return None
+            return self._delete_from_head(head, ids, service)
+
+        return self.call(delete, timeout)
+
     def submit(self, batch):
         with self._cond:
             if self._stopping:
@@ -117,6 +172,8 @@ class Writer:
         interval = self.settings["catalog_update_interval_ms"] / 1000
         with self._cond:
             while not self._pending and not self._stopping:
+                if self._calls:
+                    return []
                 self._cond.wait(interval)
                 if not self._pending:
                     return []
@@ -133,11 +190,24 @@ class Writer:
             batches = self._take()
             if batches:
                 self._write_and_wake(batches)
-            else:
+            self._run_calls()
+            if not batches:
                 with self._cond:
-                    if self._stopping and not self._pending:
+                    if self._stopping and not self._pending and not self._calls:
                         return
             self._update_catalog()
+
+    def _run_calls(self):
+        while True:
+            with self._cond:
+                if not self._calls:
+                    return
+                item = self._calls.popleft()
+            try:
+                item.result = item.fn(self.head)
+            except BaseException as error:  # handed to the caller, raised there
+                item.error = error
+            item.done.set()
 
     def _write_and_wake(self, batches):
         try:
@@ -160,7 +230,10 @@ class Writer:
         con = head.con
         try:
             con.execute("BEGIN")
-            con.execute(schema.INSERT_LOG_JSON, (orjson.dumps(rows).decode(),))
+            if head.ids_explicit:
+                con.execute(INSERT_LOG_JSON_FROM_ID, (head.last_id + 1, orjson.dumps(rows).decode()))
+            else:
+                con.execute(schema.INSERT_LOG_JSON, (orjson.dumps(rows).decode(),))
             con.execute(schema.FEED_FTS, (head.last_id,))
             keyed = [(b.idempotency_key, b.rows[0][13], b.response) for b in batches if b.idempotency_key]
             if keyed:
@@ -171,7 +244,9 @@ class Writer:
                 con.execute("ROLLBACK")
             raise
         first_id = head.last_id + 1
-        head.last_id += len(rows)  # rowids are max+1 and the head never loses rows
+        head.last_id += len(rows)  # rowids are max+1 (or given from last_id + 1 after a deletion)
+        if rows:
+            head.ids_explicit = False  # the newest id is in the table again
         head.note_rows(rows)
         if self.on_commit is not None:
             self.on_commit(head.name, first_id, rows)
@@ -179,6 +254,8 @@ class Writer:
         self.committed_entries += len(rows)
         self._catalog_dirty = True
         self.last_commit_ms = (time.perf_counter() - started) * 1000
+        if self.observe_commit is not None:
+            self.observe_commit(self.last_commit_ms / 1000, len(rows), self._pending_entries)
 
     def _finish_checkpoint(self, head):
         """Let the WAL start over once it is big.
@@ -195,6 +272,45 @@ class Writer:
             return
         if wal_bytes >= WAL_RESTART_BYTES:
             head.con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _delete_from_head(self, head, ids, service):
+        con = head.con
+        found = []
+        try:
+            con.execute("BEGIN")
+            for entry_id in ids:
+                row = con.execute("SELECT id, message, trace_id, ts FROM logs WHERE id = ? AND service = ?",
+                                  (entry_id, service)).fetchone()
+                if row is not None:
+                    found.append(row)
+            if found:
+                con.executemany("INSERT INTO logs_fts(logs_fts, rowid, message, trace_id) VALUES ('delete', ?, ?, ?)",
+                                [row[:3] for row in found])
+                con.executemany("DELETE FROM logs WHERE id = ?", [(row[0],) for row in found])
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        if found:
+            if segments.max_id(con) < head.last_id:
+                head.ids_explicit = True
+            head.row_count -= len(found)
+            head.min_ts = con.execute("SELECT min(ts) FROM logs").fetchone()[0]
+            head.max_ts = con.execute("SELECT max(ts) FROM logs").fetchone()[0]
+            self._catalog_dirty = True
+        return len(found)
+
+    def _keep_ids_past_watermark(self, head):
+        """Never hand out an id the error-group tracker has already folded (the newest rows of the
+        head may have been deleted before this process started)."""
+        try:
+            row = self.meta.execute("SELECT last_id FROM error_sync WHERE segment = ?", (head.name,)).fetchone()
+        except sqlite3.OperationalError:  # a new store: no error_sync table yet
+            return
+        if row is not None and row[0] > head.last_id:
+            head.last_id = row[0]
+            head.ids_explicit = True
 
     # -- rotation and catalog ----------------------------------------------
     def _rotate_if_needed(self):

@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import orjson
 
-from ingest import catalog, groups, rollups, segments
+from ingest import catalog, groups, latency, rollups, segments
 from ingest.entries import LEVELS, format_ts
 
 log = logging.getLogger("sidecar.retention")
@@ -243,7 +243,8 @@ def prune_rollups(meta, policy, now):
     """Rollup minutes outlive entries (counts of what was received) until the longest age of any level."""
     groups.ensure_schema(meta)
     with catalog.immediate(meta):
-        return rollups.prune(meta, format_ts(now - timedelta(days=max(policy.ages_days.values())))[:16])
+        before = format_ts(now - timedelta(days=max(policy.ages_days.values())))[:16]
+        return rollups.prune(meta, before) + latency.prune(meta, before)
 
 
 def run(data_dir, policy, now, dry_run=False):

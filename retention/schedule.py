@@ -4,7 +4,6 @@ Every worker process has a scheduler thread; a non-blocking flock on
 `data/.retention.lock` picks the one that runs, and the last run's start time
 in meta.db keeps the interval across processes and restarts.
 """
-import fcntl
 import logging
 import os
 import sqlite3
@@ -13,6 +12,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 from ingest import catalog
+from ingest.locks import flock_held
 from ingest.entries import format_ts
 
 from . import job
@@ -23,19 +23,8 @@ log = logging.getLogger("sidecar.retention")
 @contextmanager
 def run_lock(data_dir, wait=False):
     """Yield True when this process holds the retention lock."""
-    fd = os.open(os.path.join(data_dir, ".retention.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    with flock_held(os.path.join(data_dir, ".retention.lock"), wait) as held:
+        yield held
 
 
 def last_started(meta):

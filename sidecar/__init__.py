@@ -16,6 +16,7 @@ from retention.policy import Policy
 from retention.schedule import Scheduler, run_lock
 
 from . import jsonlog
+from .dependencies import DependencyMonitor
 from .auth import ADMIN_TOKEN_FILE, SESSION_SECRET_FILE, ReaderAuth, TokenChecker, ensure_dev_token
 from .settings import is_loopback, level_days, load_settings
 
@@ -39,7 +40,11 @@ class Sidecar:
                                   open_access=not settings["datasette_password_hash"] and is_loopback(settings["host"]))
         self.tracker = groups.GroupTracker(self.data_dir, clock, format_ts)
         self.writer = Writer(self.data_dir, settings, clock, on_commit=self.tracker.notify)
+        from .metrics import Recorder  # imports prometheus_client: in the worker, never in gunicorn's master
+        self.metrics = Recorder(self)
+        self.writer.observe_commit = self.metrics.commit
         self.idempotency = IdempotencyStore(self.data_dir, settings["idempotency_ttl_s"], clock)
+        self.dependencies = DependencyMonitor(settings)  # external APIs and databases, for /api/health
         self.fingerprinter = None
         self.meta = None
         self.retention_policy = Policy.from_settings(settings, level_days)
@@ -47,16 +52,21 @@ class Sidecar:
         self._closed = False
 
     def start(self):
+        from .alerts import AlertEngine
+        self.alerts = AlertEngine(self)  # reads the alert rules first: a bad rules file stops the start here
         self.writer.start()
         self.meta = catalog.connect_meta(self.data_dir)
         groups.reconcile(self.meta, self.data_dir, format_ts(self.clock()))
         self.fingerprinter = Fingerprinter.load(self.meta, self.settings["fingerprint_levels"])
         self.tracker.start()
+        self.metrics.start()
         retention_job.ensure_schema(self.meta)
         with run_lock(self.data_dir) as held:
             if held:  # a retention run killed with the process: roll back and recount what it touched
                 retention_job.recover_interrupted(self.data_dir, self.meta)
         self.retention.start()
+        self.alerts.start()
+        self.dependencies.start()
         atexit.register(self.close)
         return self
 
@@ -68,8 +78,11 @@ class Sidecar:
         if not self._closed:
             self._closed = True
             self.retention.stop()
+            self.alerts.stop()
+            self.dependencies.stop()
             self.writer.stop()
             self.tracker.stop()
+            self.metrics.stop()
             self.save_templates()
 
 
@@ -81,14 +94,17 @@ def create_app(config=None):
     sidecar = Sidecar(load_settings(config), clock).start()
     app = Flask(__name__)
     app.extensions["sidecar"] = sidecar
-    from . import errors, errors_api, health_api, ingest_api, search_api, sentry_api, storage_api
+    from . import errors, errors_api, health_api, ingest_api, metrics_api, search_api, sentry_api, storage_api
     app.register_blueprint(errors.bp)
     app.register_blueprint(ingest_api.bp)
     app.register_blueprint(health_api.bp)
     app.register_blueprint(errors_api.bp)
     app.register_blueprint(sentry_api.bp)
     app.register_blueprint(storage_api.bp)
+    from . import alerts_api
+    app.register_blueprint(alerts_api.bp)
     app.register_blueprint(search_api.bp)
+    app.register_blueprint(metrics_api.bp)
     _log_requests(app)
     # Browsers ask every site for /favicon.ico; a 404 shows up as a console error.
     app.add_url_rule("/favicon.ico", "favicon", lambda: ("", 204, {"Cache-Control": "max-age=86400"}))
@@ -98,13 +114,19 @@ def create_app(config=None):
 
 
 def _log_requests(app):
+    from .metrics import UNMATCHED_ROUTE
+    sidecar = app.extensions["sidecar"]
+
     @app.before_request
     def _start_timer():
         g.started = time.perf_counter()
 
     @app.after_request
     def _log(response):
-        duration_ms = round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)
+        seconds = time.perf_counter() - g.get("started", time.perf_counter())
+        duration_ms = round(seconds * 1000, 2)
+        rule = request.url_rule
+        sidecar.metrics.request(rule.rule if rule is not None else UNMATCHED_ROUTE, response.status_code, seconds)
         level = "error" if response.status_code >= 500 else "warn" if response.status_code >= 400 else "info"
         # request.path carries no query string, where a sentry_key could be.
         fields = dict(g.get("log_fields", {}))

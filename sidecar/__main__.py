@@ -1,5 +1,6 @@
 """Command line: `python -m sidecar settings-doc` prints docs/settings.md;
-`python -m sidecar password-hash` makes the hash for SIDECAR_DATASETTE_PASSWORD_HASH."""
+`python -m sidecar password-hash` makes the hash for SIDECAR_DATASETTE_PASSWORD_HASH;
+`python -m sidecar check --url URL [--deep] [--token T] [--strict]` checks a running sidecar's health."""
 import argparse
 import getpass
 import sys
@@ -22,11 +23,18 @@ def main(argv=None):
     commands.add_parser("settings-doc", help="print the settings reference (docs/settings.md)")
     password = commands.add_parser("password-hash", help="hash a login password for SIDECAR_DATASETTE_PASSWORD_HASH")
     password.add_argument("--stdin", action="store_true", help="read the password from standard input")
+    check = commands.add_parser("check", help="check a running sidecar's health: exit 0 healthy, 1 degraded "
+                                              "with --strict, 2 unhealthy or unreachable")
+    from . import check_cli
+    check_cli.add_arguments(check)
     args = parser.parse_args(argv)
     if args.command == "settings-doc":
         sys.stdout.write(SETTINGS_DOC_HEAD + settings_markdown())
     elif args.command == "password-hash":
         return _password_hash(args.stdin)
+    elif args.command == "check":
+        return check_cli.run(args.url, deep=args.deep, token=args.token, strict=args.strict, timeout=args.timeout,
+                             wait=args.wait, expect_version=args.expect_version)
     return 0
 
 

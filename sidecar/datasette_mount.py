@@ -23,6 +23,7 @@ from ingest import catalog, segments
 from . import jsonlog
 
 MOUNT = "/datasette"
+DATASETTE_ROUTE = MOUNT + "/*"  # the route of every Datasette request in metrics and latency rollups
 SYNC_INTERVAL_S = 10
 CLOSE_GRACE_S = 30  # queries already running on a replaced database get this long to finish
 
@@ -106,10 +107,12 @@ class DatasetteMount:
             status = status_holder[0] if status_holder else 500
             level = "error" if status >= 500 else "warn" if status >= 400 else "info"
             method, path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
+            seconds = time.perf_counter() - started
+            self.sidecar.metrics.request(DATASETTE_ROUTE, status, seconds)
             # The path only: query strings may hold SQL with literals from the logs.
             jsonlog.emit(level, "{} {} {}".format(method, path, status), event="http.request", method=method,
                          path=path, status=status, remote_addr=environ.get("REMOTE_ADDR"),
-                         duration_ms=round((time.perf_counter() - started) * 1000, 2))
+                         duration_ms=round(seconds * 1000, 2))
 
     # -- building --------------------------------------------------------------
     def ensure_loaded(self):

@@ -1,4 +1,5 @@
-"""GET /api/health: cheap (no scans), no auth, no secrets or paths."""
+"""GET /api/health: cheap (no scans, no network), no auth, no secrets or paths.
+GET /api/health/deep (admin token): every check run now (sidecar/health_deep.py)."""
 import os
 import shutil
 import sqlite3
@@ -9,6 +10,7 @@ from flask import Blueprint, current_app
 
 from ingest.entries import format_ts
 
+from .auth import bearer_token
 from .errors import json_response
 
 bp = Blueprint("health", __name__)
@@ -19,7 +21,9 @@ def _version():
     try:
         return metadata.version("log-sidecar")
     except metadata.PackageNotFoundError:
-        return os.environ.get("SIDECAR_VERSION", "dev")
+        # Render sets RENDER_GIT_COMMIT: the deployed commit, which `python -m sidecar check
+        # --expect-version` can wait for after a push.
+        return os.environ.get("SIDECAR_VERSION") or os.environ.get("RENDER_GIT_COMMIT") or "dev"
 
 
 def _by_percent(percent, degraded=80.0, unhealthy=95.0):
@@ -67,17 +71,43 @@ def disk_health(data_dir):
             "percent": percent}
 
 
-@bp.get("/api/health")
-def health():
-    sidecar = current_app.extensions["sidecar"]
+def worst(statuses):
+    return max(statuses, key=RANK.__getitem__, default="healthy")
+
+
+def external_apis_status(results):
+    """The dependencies' share of the overall status: at most degraded. A dependency of the app being
+    down must not make a host restart the sidecar, nor take it out of rotation (/api/health/deep,
+    which operators and deploy checks call, does count it unhealthy)."""
+    return min(worst(result["status"] for result in results), "degraded", key=RANK.__getitem__)
+
+
+def health_report(sidecar):
+    """(body, overall status) of /api/health: no scan, no network call (dependencies from the cache)."""
     services = {
         "database": database_health(sidecar),
-        "external_apis": [],
+        "external_apis": sidecar.dependencies.results(),
         "memory": memory_health(sidecar.settings["memory_limit_bytes"]),
         "disk": disk_health(sidecar.data_dir),
     }
-    checks = [services["database"], services["memory"], services["disk"]]
-    status = max((check["status"] for check in checks), key=RANK.__getitem__)
+    status = worst([services["database"]["status"], services["memory"]["status"], services["disk"]["status"],
+                    external_apis_status(services["external_apis"])])
     body = {"status": status, "timestamp": format_ts(sidecar.clock()), "services": services,
             "version": _version(), "environment": sidecar.settings["environment"]}
+    return body, status
+
+
+@bp.get("/api/health")
+def health():
+    body, status = health_report(current_app.extensions["sidecar"])
     return json_response(body, 503 if status == "unhealthy" else 200)
+
+
+@bp.get("/api/health/deep")
+def health_deep():
+    from . import health_deep as deep
+    sidecar = current_app.extensions["sidecar"]
+    sidecar.admin_tokens.require(bearer_token())
+    body = deep.deep_report(sidecar, current_app.extensions["datasette"], bearer_token())
+    return json_response(body, 503 if body["status"] == "unhealthy" else 200,
+                         headers={"Cache-Control": "no-store"})

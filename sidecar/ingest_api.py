@@ -45,11 +45,22 @@ def validate_entries(entries, sidecar, body=None):
         except EntryError as error:
             rejected.append({"index": index, "error": str(error)})
     sidecar.save_templates()
+    if rejected:
+        sidecar.metrics.rejected(rejected)
     return rows, rejected
 
 
 def store_batch(sidecar, batch):
     """Hand a batch to the writer and wait for the commit; raise ApiError when it cannot."""
+    try:
+        _submit_and_wait(sidecar, batch)
+    except ApiError as error:
+        sidecar.metrics.rejected_batch(error.code, len(batch.rows))
+        raise
+    sidecar.metrics.accepted(len(batch.rows))
+
+
+def _submit_and_wait(sidecar, batch):
     try:
         sidecar.writer.submit(batch)
     except QueueFull:

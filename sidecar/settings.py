@@ -66,8 +66,24 @@ SETTINGS = (
     Setting("session_secret", "", "Secret that signs login cookies. Unset: generated once into `<data_dir>/session-secret`. Set it on hosts whose disk is wiped, so logins survive a restart.", str),
     Setting("search_max_limit", 1000, "Most hits one search request may ask for (`limit`).", int),
     Setting("dashboard_refresh_s", 60, "How often the Datasette dashboards reload themselves.", int),
+    Setting("metrics_require_token", False, "`/metrics` requires an admin token (`Authorization: Bearer <token>`) when true. Open by default, like most Prometheus exporters: it shows counts and sizes, no log content.", bool),
+    Setting("metrics_flush_interval_s", 5, "How often each worker process adds the durations of the sidecar's own requests (service `sidecar` in `latency_minute`) to `meta.db`.", int),
     Setting("memory_limit_bytes", 512 * MiB, "Memory the host allows the sidecar; `/api/health` reports RSS against it.", int),
+    Setting("alerts_file", "", "Alert rules file: YAML (`.yaml`, `.yml`) or TOML (`.toml`), see docs/monitoring.md. Unset: the built-in rules. A bad file stops the start with a message naming the rule, key and line."),
+    Setting("alert_urls", [], "Comma-separated apprise URLs (Slack, Discord, email, a JSON webhook, ...) alerts go to when a rule names no channels of its own. They hold secrets: never logged or shown, deliveries record a redacted form. None: alerts are only recorded in `meta.db`.", list),
+    Setting("alert_interval_s", 30, "How often alert rules are evaluated (in one process at a time); each evaluation also records a health sample.", int),
+    Setting("alert_retry_attempts", 3, "Retries of a failed delivery to one channel before it is recorded as failed; the waits grow 4x each time from SIDECAR_ALERT_RETRY_BASE_MS (1 s, 4 s, 16 s).", int),
+    Setting("alert_retry_base_ms", 1000, "Wait before the first retry of a failed alert delivery.", int),
+    Setting("alert_delivery_timeout_s", 30, "Longest one delivery attempt to one channel may take.", int),
     Setting("auth_log_interval_s", 10, "Failed authentication attempts are logged at most once per this interval per client address.", int),
+    Setting("dependency_urls", [], "HTTP dependencies checked by `/api/health` (cached) and `/api/health/deep` (now): comma-separated `name=url` items, each optionally ending in `\\|status`, the expected status (`\\|204`, or a class such as `\\|3xx`; default any 2xx). Split on the first `=`; write a comma inside a URL as `%2C`. Redirects are not followed. Health answers show the name, never the URL.", list),
+    Setting("dependency_postgres", [], "PostgreSQL databases checked like dependency URLs: comma-separated `name=dsn` items, `dsn` a `postgresql://` URI or libpq `key=value` pairs (split on the first `=`, so the DSN may hold `=`; no commas, so no multi-host URIs). Health answers show the name, never the DSN.", list),
+    Setting("dependency_timeout_ms", 2000, "Longest wait for one dependency check (HTTP answer, PostgreSQL connect and each query; libpq connects in whole seconds, at least 2); slower is unhealthy. At most 30000.", int),
+    Setting("dependency_latency_degraded_ms", 1000, "A dependency answering slower than this is degraded (PostgreSQL: `select 1`, or a connect slower than twice this). Below SIDECAR_DEPENDENCY_TIMEOUT_MS.", int),
+    Setting("dependency_check_interval_s", 30, "How often each worker process's background checker refreshes the dependency results `/api/health` shows.", int),
+    Setting("postgres_size_limit_bytes", 500_000_000, "Size a PostgreSQL dependency's database may reach (`pg_database_size`), such as a free tier's 500 MB: unhealthy at it, degraded from SIDECAR_POSTGRES_SIZE_WARN_PERCENT. 0: no limit.", int),
+    Setting("postgres_size_warn_percent", 80, "PostgreSQL database size reported degraded from this percentage of SIDECAR_POSTGRES_SIZE_LIMIT_BYTES.", int),
+    Setting("postgres_connections_warn_percent", 80, "PostgreSQL connections in use reported degraded from this percentage of those open to clients (`max_connections` minus the reserved ones); unhealthy when none is left.", int),
 )
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
 SYNCHRONOUS_MODES = ("full", "normal")
@@ -121,7 +137,7 @@ def is_loopback(host):
 
 
 def check_settings(values):
-    positive = [s.name for s in SETTINGS if s.kind is int and s.name not in ("port", "disk_budget_bytes")]
+    positive = [s.name for s in SETTINGS if s.kind is int and s.name not in ("port", "disk_budget_bytes", "postgres_size_limit_bytes")]
     if not isinstance(values["disk_budget_bytes"], int) or values["disk_budget_bytes"] < 0:
         raise SettingsError("SIDECAR_DISK_BUDGET_BYTES must be 0 (no budget) or a positive whole number")
     level_days(values["retention_level_days"])
@@ -160,6 +176,8 @@ def check_settings(values):
     unknown_levels = set(values["fingerprint_levels"]) - {"debug", "info", "warn", "error", "critical"}
     if unknown_levels:
         raise SettingsError("SIDECAR_FINGERPRINT_LEVELS has unknown levels: " + ", ".join(sorted(unknown_levels)))
+    from .dependencies import check_settings as check_dependency_settings
+    check_dependency_settings(values)
 
 
 def level_days(pairs):

@@ -1,0 +1,282 @@
+"""Latency rollups in meta.db: request durations per minute, service and route, in fixed buckets.
+
+Entries whose metadata carries a numeric `duration_ms` (optionally `route` and
+`status`) are counted into histogram buckets, so p50/p95/p99 and counts are
+available over any window without scanning the segments. They are folded by
+the error-group tracker (ingest/groups.py) exactly like the volume rollups of
+ingest/rollups.py: in the meta.db transaction that moves a segment's
+watermark, from the rows the writer hands over or, when those do not line up,
+read back from the segment; so every stored entry counts exactly once, also
+after a crash.
+
+The sidecar's own requests are rolled up the same way under the service
+`sidecar` (route = the Flask URL rule): each process counts them in memory
+(`Accumulator`) and adds them to meta.db every few seconds.
+
+Tables:
+
+- `latency_minute(minute, service, route, bucket, count)`: one row per
+  non-empty bucket; `bucket` is an index into `LATENCY_BUCKETS_MS`, whose
+  value is the bucket's upper bound (inclusive, like Prometheus' `le`), the
+  lower bound being the previous one (0 for bucket 0). `latency_buckets(bucket,
+  le_ms)` holds the same bounds for SQL (`le_ms` NULL for the last, unbounded one).
+- `latency_minute_totals(minute, service, route, count, sum_ms, max_ms,
+  status_4xx, status_5xx)`: per minute, service and route.
+
+`minute` is the entry's timestamp cut to the minute (`YYYY-MM-DDTHH:MM`),
+`route` is `metadata.route` (at most 200 characters) or '' without one.
+"""
+import math
+import sqlite3
+import threading
+from bisect import bisect_left
+
+import orjson
+
+from . import catalog
+
+LATENCY_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, math.inf)
+MAX_ROUTE_CHARS = 200
+_BUCKETS = len(LATENCY_BUCKETS_MS)
+# A cell: the bucket counts, then count, sum, max, 4xx, 5xx.
+_COUNT, _SUM, _MAX, _4XX, _5XX = range(_BUCKETS, _BUCKETS + 5)
+# Row positions of schema.LOG_COLUMNS.
+_TS, _SERVICE, _METADATA = 0, 2, 11
+_MARK = '"duration_ms"'
+
+LATENCY_TABLES = """
+CREATE TABLE IF NOT EXISTS latency_minute (
+    minute TEXT NOT NULL, service TEXT NOT NULL, route TEXT NOT NULL, bucket INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (minute, service, route, bucket)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS latency_minute_totals (
+    minute TEXT NOT NULL, service TEXT NOT NULL, route TEXT NOT NULL,
+    count INTEGER NOT NULL, sum_ms REAL NOT NULL, max_ms REAL NOT NULL,
+    status_4xx INTEGER NOT NULL, status_5xx INTEGER NOT NULL,
+    PRIMARY KEY (minute, service, route)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS latency_buckets (bucket INTEGER PRIMARY KEY, le_ms REAL);
+INSERT OR IGNORE INTO latency_buckets VALUES {};
+""".format(", ".join("({}, {})".format(i, "NULL" if math.isinf(le) else le) for i, le in enumerate(LATENCY_BUCKETS_MS)))
+
+# The p95 of one service over the last 15 minutes, interpolated inside its bucket like
+# `percentiles()` (NULL when it falls in the unbounded bucket). Shown in docs/monitoring.md.
+P95_SQL = """
+WITH per_bucket AS (
+  SELECT bucket, sum(count) AS n FROM latency_minute
+  WHERE service = :service AND minute >= strftime('%Y-%m-%dT%H:%M', 'now', '-15 minutes')
+  GROUP BY bucket
+), running AS (
+  SELECT bucket, n, sum(n) OVER (ORDER BY bucket) AS upto, sum(n) OVER () AS total FROM per_bucket
+)
+SELECT total AS count,
+       coalesce((SELECT le_ms FROM latency_buckets WHERE bucket = running.bucket - 1), 0)
+         + (le_ms - coalesce((SELECT le_ms FROM latency_buckets WHERE bucket = running.bucket - 1), 0))
+         * (0.95 * total - (upto - n)) / n AS p95_ms
+FROM running JOIN latency_buckets USING (bucket)
+WHERE upto >= 0.95 * total ORDER BY bucket LIMIT 1
+"""
+
+
+def _status_class(status):
+    if type(status) is str and status.isdigit():
+        status = int(status)
+    if type(status) is int and 100 <= status < 600:
+        return status // 100
+    return None
+
+
+class Latency:
+    """Latency counts of a run of entries, by (minute, service, route)."""
+
+    __slots__ = ("cells",)
+
+    def __init__(self):
+        self.cells = {}  # (minute, service, route) -> [bucket counts..., count, sum, max, 4xx, 5xx]
+
+    def __bool__(self):
+        return bool(self.cells)
+
+    @property
+    def count(self):
+        return sum(cell[_COUNT] for cell in self.cells.values())
+
+    def observe(self, minute, service, route, duration_ms, status=None):
+        key = (minute, service, route)
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = [0] * _BUCKETS + [0, 0.0, 0.0, 0, 0]
+        cell[bisect_left(LATENCY_BUCKETS_MS, duration_ms)] += 1
+        cell[_COUNT] += 1
+        cell[_SUM] += duration_ms
+        if duration_ms > cell[_MAX]:
+            cell[_MAX] = duration_ms
+        status_class = _status_class(status)
+        if status_class == 5:
+            cell[_5XX] += 1
+        elif status_class == 4:
+            cell[_4XX] += 1
+
+    def add_entry(self, ts, service, metadata_text):
+        """Count one stored entry if its metadata (JSON text) has a numeric, finite, non-negative duration_ms."""
+        try:
+            metadata = orjson.loads(metadata_text)
+        except orjson.JSONDecodeError:
+            return
+        if type(metadata) is not dict:
+            return
+        duration = metadata.get("duration_ms")
+        if type(duration) not in (int, float) or not 0 <= duration < math.inf:
+            return
+        route = metadata.get("route")
+        route = route[:MAX_ROUTE_CHARS] if type(route) is str else ""
+        self.observe(ts[:16], service, route, float(duration), metadata.get("status"))
+
+    def add_rows(self, rows):
+        """Count the row tuples a writer committed (schema.LOG_COLUMNS order); only rows whose
+        metadata text mentions duration_ms are parsed."""
+        for row in rows:
+            text = row[_METADATA]
+            if text is not None and _MARK in text:
+                self.add_entry(row[_TS], row[_SERVICE], text)
+        return self
+
+    @classmethod
+    def of_rows(cls, rows):
+        return cls().add_rows(rows)
+
+    @classmethod
+    def of_segment(cls, con, low, high):
+        """The counts of rows low < id <= high, read from a segment (same parsing as the hand-over)."""
+        latency = cls()
+        for ts, service, text in con.execute(
+                "SELECT ts, service, metadata FROM logs WHERE id > ? AND id <= ? "
+                "AND instr(metadata, '\"duration_ms\"') > 0", (low, high)):
+            latency.add_entry(ts, service, text)
+        return latency
+
+    def add(self, other):
+        for key, theirs in other.cells.items():
+            cell = self.cells.get(key)
+            if cell is None:
+                self.cells[key] = list(theirs)
+                continue
+            for i in range(_BUCKETS + 2):
+                cell[i] += theirs[i]
+            cell[_MAX] = max(cell[_MAX], theirs[_MAX])
+            cell[_4XX] += theirs[_4XX]
+            cell[_5XX] += theirs[_5XX]
+        return self
+
+    def apply(self, meta):
+        """Add these counts to the latency tables (inside the caller's transaction)."""
+        meta.executemany(
+            "INSERT INTO latency_minute VALUES (?, ?, ?, ?, ?) ON CONFLICT(minute, service, route, bucket) "
+            "DO UPDATE SET count = count + excluded.count",
+            [key + (bucket, count) for key, cell in self.cells.items()
+             for bucket, count in enumerate(cell[:_BUCKETS]) if count])
+        meta.executemany(
+            "INSERT INTO latency_minute_totals VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(minute, service, route) DO UPDATE SET count = count + excluded.count, "
+            "sum_ms = sum_ms + excluded.sum_ms, max_ms = max(max_ms, excluded.max_ms), "
+            "status_4xx = status_4xx + excluded.status_4xx, status_5xx = status_5xx + excluded.status_5xx",
+            [key + tuple(cell[_BUCKETS:]) for key, cell in self.cells.items()])
+
+
+class Accumulator:
+    """Latencies observed in memory by one process (the sidecar's own requests).
+
+    `observe` is called from request threads; `flush` adds what was observed
+    since the last flush to meta.db (upserts that add, so every worker process
+    can flush its own counts) and keeps it for the next flush if that fails.
+    """
+
+    def __init__(self, service="sidecar"):
+        self.service = service
+        self._lock = threading.Lock()
+        self._pending = Latency()
+
+    def observe(self, minute, route, duration_ms, status=None):
+        with self._lock:
+            self._pending.observe(minute, self.service, route, duration_ms, status)
+
+    @property
+    def pending(self):
+        return bool(self._pending)
+
+    def flush(self, meta):
+        """Add the pending counts to meta.db; return how many durations were added."""
+        with self._lock:
+            pending, self._pending = self._pending, Latency()
+        if not pending:
+            return 0
+        try:
+            with catalog.immediate(meta):
+                pending.apply(meta)
+        except sqlite3.Error:
+            with self._lock:
+                self._pending = pending.add(self._pending)
+            raise
+        return pending.count
+
+
+def _interpolate(counts, total, quantile, max_ms):
+    rank = quantile * total
+    below = 0
+    for bucket, count in enumerate(counts):
+        if count and below + count >= rank:
+            lower = LATENCY_BUCKETS_MS[bucket - 1] if bucket else 0.0
+            upper = LATENCY_BUCKETS_MS[bucket]
+            if math.isinf(upper):  # the unbounded bucket: up to the largest duration seen
+                upper = max(max_ms or lower, lower)
+            return round(lower + (upper - lower) * (rank - below) / count, 3)
+        below += count
+    return None
+
+
+def quantile_key(quantile):
+    return "p{:g}".format(quantile * 100)
+
+
+def percentiles(meta, since_minute, until_minute=None, service=None, route=None, quantiles=(0.5, 0.95, 0.99)):
+    """Count and quantiles (ms) of the durations in minutes since_minute <= minute < until_minute.
+
+    Minutes are text `YYYY-MM-DDTHH:MM` (longer timestamps work too: they are
+    compared as text); `until_minute` None means up to now; `service` and
+    `route` None mean all. Each quantile is estimated by linear interpolation
+    inside its bucket (in the last, unbounded bucket: up to the largest
+    duration seen). Returns {"count": n, "p50": ms, "p95": ms, "p99": ms}
+    (keys after `quantiles`), with None values when n is 0.
+    """
+    where, params = ["minute >= ?"], [since_minute[:16]]
+    if until_minute is not None:
+        where.append("minute < ?")
+        params.append(until_minute[:16])
+    if service is not None:
+        where.append("service = ?")
+        params.append(service)
+    if route is not None:
+        where.append("route = ?")
+        params.append(route)
+    condition = " AND ".join(where)
+    counts = [0] * _BUCKETS
+    for bucket, count in meta.execute(
+            "SELECT bucket, sum(count) FROM latency_minute WHERE {} GROUP BY bucket".format(condition), params):
+        if 0 <= bucket < _BUCKETS:
+            counts[bucket] = count
+    total = sum(counts)
+    max_ms = None
+    if counts[-1]:
+        max_ms, = meta.execute("SELECT max(max_ms) FROM latency_minute_totals WHERE {}".format(condition),
+                               params).fetchone()
+    result = {"count": total}
+    for quantile in quantiles:
+        result[quantile_key(quantile)] = _interpolate(counts, total, quantile, max_ms) if total else None
+    return result
+
+
+def prune(meta, before_minute):
+    """Forget the minutes before `before_minute` (text, YYYY-MM-DDTHH:MM); return rows deleted."""
+    deleted = meta.execute("DELETE FROM latency_minute WHERE minute < ?", (before_minute,)).rowcount
+    return deleted + meta.execute("DELETE FROM latency_minute_totals WHERE minute < ?", (before_minute,)).rowcount
