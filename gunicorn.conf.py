@@ -29,6 +29,28 @@ accesslog = None  # the sidecar logs each request itself, as JSON, without query
 errorlog = "-"
 loglevel = "warning"
 wsgi_app = "sidecar:create_app()"
+# No gunicornc control socket: unused here; the master would import asyncio and run a thread for it
+# while the first worker boots (about 10 ms of CPU and 1 MB), and servers on one machine would share
+# its default path ($HOME/.gunicorn/gunicorn.ctl).
+control_socket_disable = True
+
+
+def on_starting(server):
+    # Once per server start (not on a HUP reload): the boot id the first ready worker records
+    # as a sidecar.boot event (sidecar/boot.py); marked before the restore below, so the event
+    # tells whether the data directory was empty. The master writes no boot row itself.
+    from sidecar import boot
+    boot.mark_server_start(_settings["data_dir"])
+    # An empty store (a wiped disk) is restored from the backup here, once, before the port is
+    # bound and before any worker forks: every worker then opens the restored store, and a
+    # restore never runs in a worker (whose boot the worker timeout would cut short). A failed
+    # restore logs one line and the server starts empty; its workers do not try again.
+    from sidecar import backup
+    try:
+        backup.restore_on_boot(_settings, isolate=True)  # in a child process, killed past its timeout
+    except SettingsError as error:
+        sys.stderr.write("sidecar: {}\n".format(error))
+        raise SystemExit(2) from None
 
 
 def when_ready(server):

@@ -1,6 +1,8 @@
 """Command line: `python -m sidecar settings-doc` prints docs/settings.md;
 `python -m sidecar password-hash` makes the hash for SIDECAR_DATASETTE_PASSWORD_HASH;
-`python -m sidecar check --url URL [--deep] [--token T] [--strict]` checks a running sidecar's health."""
+`python -m sidecar check --url URL [--deep] [--token T] [--strict]` checks a running sidecar's health;
+`python -m sidecar keep-warm --url URL [--once] [--plan]` keeps a free instance awake (scripts/keep_warm.py);
+`python -m sidecar backup run|list|restore [--to DIR]` backs up, lists or restores (docs/backups.md)."""
 import argparse
 import getpass
 import sys
@@ -27,6 +29,15 @@ def main(argv=None):
                                               "with --strict, 2 unhealthy or unreachable")
     from . import check_cli
     check_cli.add_arguments(check)
+    keep_warm_parser = commands.add_parser(
+        "keep-warm", help="ping /api/health every 10-14 min to keep a free instance awake, report cold starts; "
+                          "--once for cron, --plan for the monthly free hours (docs/free-tier.md)")
+    from . import keep_warm
+    keep_warm.add_arguments(keep_warm_parser)
+    backup_parser = commands.add_parser("backup", help="back up to S3-compatible storage now, list the backup, "
+                                                       "or restore it into an empty data dir (docs/backups.md)")
+    from . import backup
+    backup.add_arguments(backup_parser)
     args = parser.parse_args(argv)
     if args.command == "settings-doc":
         sys.stdout.write(SETTINGS_DOC_HEAD + settings_markdown())
@@ -35,6 +46,11 @@ def main(argv=None):
     elif args.command == "check":
         return check_cli.run(args.url, deep=args.deep, token=args.token, strict=args.strict, timeout=args.timeout,
                              wait=args.wait, expect_version=args.expect_version)
+    elif args.command == "keep-warm":
+        keep_warm.check_arguments(keep_warm_parser, args)
+        return keep_warm.run(args)
+    elif args.command == "backup":
+        return backup.main(args)
     return 0
 
 

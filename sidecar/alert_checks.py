@@ -141,6 +141,38 @@ def health(ctx, rule):
         {"status": status, "failing": failing})}
 
 
+def _monitors(ctx, rule):
+    """The configured uptime monitors (sidecar/uptime.py) the rule looks at, by name."""
+    uptime = getattr(ctx.sidecar, "uptime", None)
+    monitors = uptime.monitors if uptime is not None else {}
+    wanted = rule.params["monitor"]
+    return {name: monitor for name, monitor in monitors.items() if wanted is None or name == wanted}
+
+
+def uptime_down(ctx, rule):
+    """Monitors with an open uptime incident; key: the monitor's name."""
+    from .uptime import open_incidents
+    monitors = _monitors(ctx, rule)
+    return {name: Finding("uptime monitor {} is down since {}: {}".format(name, row["started_at"],
+                                                                         row["cause"] or "check failed"),
+                          {"monitor": name, "incident_id": row["id"], "started_at": row["started_at"],
+                           "cause": row["cause"]})
+            for name, row in open_incidents(ctx.meta).items() if name in monitors}
+
+
+def cert_expiry(ctx, rule):
+    """HTTPS monitors whose certificate has fewer than threshold_days left; key: the monitor's name."""
+    from .uptime import latest_cert_days
+    found, threshold = {}, rule.params["threshold_days"]
+    for name, monitor in _monitors(ctx, rule).items():
+        days = latest_cert_days(ctx.meta, name, ctx.now) if monitor.https else None
+        if days is not None and days < threshold:
+            found[name] = Finding("the TLS certificate of uptime monitor {} {} (alert below {:g} days)".format(
+                name, "has expired" if days < 0 else "expires in {:.1f} days".format(days), threshold),
+                {"monitor": name, "days_left": days, "threshold_days": threshold})
+    return found
+
+
 def _group_events(rows, summary):
     return [(row["fingerprint"], summary(row), {
         "fingerprint": row["fingerprint"], "title": row["title"], "service": row["service"],
@@ -210,7 +242,7 @@ def initial_position(meta, kind, now):
 
 
 STATE_CHECKS = {"error_rate": error_rate, "latency_p95": latency_p95, "disk_budget": disk_budget,
-                "memory": memory, "health": health}
+                "memory": memory, "health": health, "uptime_down": uptime_down, "cert_expiry": cert_expiry}
 EVENT_CHECKS = {"new_error_group": new_error_group, "regression": regression, "cold_start": cold_start,
                 "retention_budget_drop": retention_budget_drop}
 NOUNS = {"new_error_group": ("new error group", "new error groups"),

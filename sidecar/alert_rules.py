@@ -8,10 +8,10 @@ SettingsError naming the rule, the key and the line, so the start stops.
 """
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 
 from .alert_delivery import redact_url
+from .config_files import read_yaml_or_toml
 from .settings import SettingsError
 
 SEVERITIES = ("info", "warning", "error", "critical")
@@ -79,6 +79,8 @@ KINDS = {
     "health": {"status": (_choice("degraded", "unhealthy"), "degraded")},
     "cold_start": dict(_LISTED),
     "retention_budget_drop": dict(_LISTED),
+    "uptime_down": {"monitor": (_text_or_none, None)},
+    "cert_expiry": {"threshold_days": (_number(0), 14), "monitor": (_text_or_none, None)},
 }
 
 
@@ -122,6 +124,8 @@ def builtin_rules(settings):
         {"name": "health", "kind": "health", "severity": "warning", "for_minutes": 5, "cooldown_minutes": 30},
         {"name": "cold_start", "kind": "cold_start", "severity": "warning"},
         {"name": "retention_budget_drop", "kind": "retention_budget_drop", "severity": "warning"},
+        {"name": "uptime_down", "kind": "uptime_down", "severity": "critical"},
+        {"name": "cert_expiry", "kind": "cert_expiry", "severity": "warning", "threshold_days": 14},
     ]
 
 
@@ -182,32 +186,8 @@ def _toml_lines(text):
 
 
 def _parse_file(path):
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as error:
-        raise SettingsError("SIDECAR_ALERTS_FILE {}: cannot be read: {}".format(path, error.strerror)) from None
-    text = raw.decode("utf-8", errors="replace")
-    extension = os.path.splitext(path)[1].lower()
-    if extension in (".yaml", ".yml"):
-        import yaml
-        try:
-            data = yaml.safe_load(text)
-            lines = _yaml_lines(text)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = " at line {}, column {}".format(mark.line + 1, mark.column + 1) if mark else ""
-            raise SettingsError("SIDECAR_ALERTS_FILE {}: not valid YAML{}: {}".format(
-                path, where, getattr(error, "problem", None) or error)) from None
-    elif extension == ".toml":
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as error:
-            raise SettingsError("SIDECAR_ALERTS_FILE {}: not valid TOML: {}".format(path, error)) from None
-        lines = _toml_lines(text)
-    else:
-        raise SettingsError("SIDECAR_ALERTS_FILE {}: the name must end in .yaml, .yml or .toml".format(path))
-    return {} if data is None else data, _Where(path, lines)
+    data, text, kind = read_yaml_or_toml(path, "SIDECAR_ALERTS_FILE")
+    return data, _Where(path, _yaml_lines(text) if kind == "yaml" else _toml_lines(text))
 
 
 def _channels(value, where, environ, index=None, name=None):

@@ -81,6 +81,36 @@ def canned_queries():
             "sql": "SELECT name, CASE WHEN closed_at IS NULL THEN 'head' ELSE 'closed' END AS state, row_count, "
                    "bytes, round(bytes / 1048576.0, 1) AS mib, min_ts, max_ts, created_at, closed_at, generation "
                    "FROM segments ORDER BY day DESC, seq DESC"},
+        "uptime_24h": {
+            "title": "Uptime monitors, last 24 hours",
+            "description": "Checks per monitor (maintenance counts on neither side of the uptime %), average "
+                           "response time, last check, whether it is down now (docs/status.md).",
+            "sql": "SELECT monitor, sum(status = 'up') AS up, sum(status = 'down') AS down, "
+                   "sum(status = 'maintenance') AS maintenance, round(100.0 * sum(status = 'up') / "
+                   "nullif(sum(status IN ('up', 'down')), 0), 3) AS uptime_percent, "
+                   "round(avg(response_ms), 1) AS avg_response_ms, max(ts) AS last_check, "
+                   "(SELECT count(*) FROM uptime_incidents i WHERE i.monitor = r.monitor AND i.ended_at IS NULL) "
+                   "AS down_now FROM uptime_results r WHERE ts >= {} GROUP BY monitor ORDER BY monitor"
+                   .format(SINCE_24H)},
+        "uptime_incidents": {
+            "title": "Uptime incidents",
+            "description": "Down periods of the uptime monitors, newest first; ended_at is empty while it lasts.",
+            "sql": "SELECT id, monitor, started_at, ended_at, CASE WHEN ended_at IS NULL THEN 'ongoing' "
+                   "ELSE 'ended' END AS state, CAST(round((julianday(coalesce(ended_at, 'now')) - "
+                   "julianday(started_at)) * 86400) AS INTEGER) AS duration_s, cause FROM uptime_incidents "
+                   "ORDER BY started_at DESC LIMIT 200"},
+        "boots": {
+            "title": "Boots and cold starts",
+            "description": "Each server start (sidecar.boot: time since the previous boot, seconds from process "
+                           "start to ready) and each slow wake-up reported by keep-warm (sidecar.cold_start), "
+                           "newest first: a free instance's sleep and wake cycles.",
+            "sql": "SELECT id, ts, type, json_extract(details, '$.seconds_since_previous_boot') AS since_previous_s, "
+                   "round(json_extract(details, '$.seconds_since_previous_boot') / 60.0, 1) AS since_previous_min, "
+                   "json_extract(details, '$.start_to_ready_s') AS start_to_ready_s, "
+                   "json_extract(details, '$.latency_ms') AS cold_start_ms, "
+                   "json_extract(details, '$.store_empty_at_start') AS store_was_empty, "
+                   "json_extract(details, '$.version') AS version, message FROM sidecar_events "
+                   "WHERE type IN ('sidecar.boot', 'sidecar.cold_start') ORDER BY id DESC LIMIT 500"},
     }
 
 

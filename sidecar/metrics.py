@@ -49,6 +49,8 @@ _REASON_PREFIXES = (
     ("exception", "invalid_exception"),
     ("fingerprint ", "invalid_fingerprint"),
     ("user_id ", "invalid_field"),
+    ("trace_id ", "invalid_field"),  # OTLP: an id of the wrong length or not hex
+    ("span_id ", "invalid_field"),
 )
 BATCH_REASONS = ("queue_full", "storage_unavailable", "commit_timeout")
 REASONS = tuple(dict.fromkeys([reason for _, reason in _REASON_PREFIXES]
@@ -57,7 +59,7 @@ UNMATCHED_ROUTE = "(unmatched)"
 _SECONDS = tuple(bound / 1000 for bound in latency.LATENCY_BUCKETS_MS)
 
 ENTRIES_ACCEPTED = Counter(
-    "sidecar_entries_accepted", "Entries stored and acknowledged with a 2xx (ingest API and Sentry endpoints).",
+    "sidecar_entries_accepted", "Entries stored and acknowledged with a 2xx (ingest API, Sentry and OTLP endpoints).",
     registry=REGISTRY)
 ENTRIES_REJECTED = Counter(
     "sidecar_entries_rejected", "Entries not stored, by reason: the entry failed validation, or its batch "

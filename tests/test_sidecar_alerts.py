@@ -186,7 +186,7 @@ def test_builtin_rules_cover_every_kind():
     rules = load_rules(settings_with(), environ={})
     assert {rule.kind for rule in rules} == {"new_error_group", "regression", "error_rate", "latency_p95",
                                              "disk_budget", "memory", "health", "cold_start",
-                                             "retention_budget_drop"}
+                                             "retention_budget_drop", "uptime_down", "cert_expiry"}
     disk = {rule.name: rule.params["threshold_percent"] for rule in rules if rule.kind == "disk_budget"}
     assert disk == {"disk_budget_warning": 80, "disk_budget_critical": 95}
     assert all(rule.channels == ("json://127.0.0.1:9/global",) for rule in rules)
