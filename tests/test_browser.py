@@ -25,7 +25,7 @@ if not os.path.exists(CHROMIUM):
     # Reason: a laptop without Debian's chromium package cannot run a browser; CI installs it (.ci/run).
     pytest.skip("needs Debian's chromium: apt-get install chromium", allow_module_level=True)
 
-sync_api = pytest.importorskip("playwright.sync_api")
+from playwright import sync_api  # noqa: E402 (after the chromium check)
 
 
 def sample_entries():
