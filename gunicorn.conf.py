@@ -45,6 +45,8 @@ def on_starting(server):
     # bound and before any worker forks: every worker then opens the restored store, and a
     # restore never runs in a worker (whose boot the worker timeout would cut short). A failed
     # restore logs one line and the server starts empty; its workers do not try again.
+    if not _settings["backup_s3_bucket"]:
+        return  # no backups configured: nothing to restore, and the master stays small
     from sidecar import backup
     try:
         backup.restore_on_boot(_settings, isolate=True)  # in a child process, killed past its timeout
