@@ -39,7 +39,7 @@ import orjson
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
-from .body import BodyError
+from .body import BodyError, load_json
 from .entries import LEVEL_ALIASES, EntryError, format_ts
 
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
@@ -127,12 +127,7 @@ def decode(body, kind, max_records=None):
         _check_count(sum(len(scope.log_records) for resource in request.resource_logs
                          for scope in resource.scope_logs), max_records)
         return _decode_protobuf(request)
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise BodyError(400, "invalid_json", "the body is not valid JSON: {} (line {}, column {}, byte {})"
-                        .format(error.msg, error.lineno, error.colno, error.pos),
-                        {"line": error.lineno, "column": error.colno, "position": error.pos}) from None
+    document = load_json(body)
     try:
         resource_logs, count = _json_resource_logs(document)
         _check_count(count, max_records)
