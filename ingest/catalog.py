@@ -6,6 +6,7 @@ timeout, so several worker processes never see "database is locked".
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 
 from . import schema, segments
@@ -15,11 +16,26 @@ def connect_meta(data_dir):
     con = sqlite3.connect(os.path.join(data_dir, "meta.db"), isolation_level=None,
                           check_same_thread=False, timeout=60)
     con.execute("PRAGMA busy_timeout=60000")
-    con.execute("PRAGMA journal_mode=WAL")
+    _use_wal(con)
     # The segments themselves are the record; meta.db is rebuilt from them after a crash.
     con.execute("PRAGMA synchronous=NORMAL")
     con.row_factory = sqlite3.Row
     return con
+
+
+def _use_wal(con, attempts=100):
+    # Turning a new meta.db to WAL takes an exclusive lock and SQLite does not wait for it
+    # through the busy timeout: several workers starting at once can see "database is locked".
+    for attempt in range(attempts):
+        try:
+            if con.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            con.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
 
 
 _local = threading.local()
