@@ -18,6 +18,7 @@ import orjson
 from . import catalog, segments
 from .latency import LATENCY_TABLES, Latency
 from .rollups import ROLLUP_TABLES, Volume
+from .tally import Tally
 
 log = logging.getLogger("sidecar.groups")
 STATUSES = ("unresolved", "resolved", "ignored")
@@ -194,23 +195,6 @@ def sync_segment(meta, data_dir, name, now_text):
     return _fold_range(meta, name, low, high, rows, now_text, volume, latency)
 
 
-def _range_counts(data_dir, name, low, high):
-    """(Volume, Latency) of the rows low < id <= high of a segment, counted inside SQLite; None
-    when the segment cannot be read (the fold then reads everything back, sync_segment)."""
-    path = os.path.join(segments.segments_dir(data_dir), name)
-    try:
-        con = sqlite3.connect("file:{}?mode=ro".format(path), uri=True, timeout=30)
-    except sqlite3.Error:
-        return None
-    try:
-        return Volume.of_segment(con, low, high), Latency.of_segment(con, low, high)
-    except sqlite3.Error as error:
-        log.warning("counting %s for rollups: %s", name, error)
-        return None
-    finally:
-        con.close()
-
-
 def error_rows(first_id, rows):
     """The committed rows a writer hands over, in the shape of _NEW_ROWS, errors only."""
     return [(first_id + offset, row[0], row[1], row[2], row[3], row[4], row[7], row[9], row[12], row[13])
@@ -291,10 +275,13 @@ class GroupTracker:
         self._thread.start()
         return self
 
-    def notify(self, name, first_id=None, rows=None):
-        # Only the error rows are held until the next fold; the rollups of the whole range are
-        # counted inside SQLite from the segment when it is folded (no Python per entry, no GIL).
-        handed = None if rows is None else (len(rows), error_rows(first_id, rows))
+    def notify(self, name, first_id=None, rows=None, tallies=None):
+        """Rows `rows` were committed to `name` from id `first_id` on, counted by `tallies`
+        (ingest/tally.py); without rows, the segment is read back at the next fold."""
+        # Only the error rows and the tallies are held until the next fold.
+        if rows is not None and tallies is None:
+            tallies = [Tally.of_rows(rows)]
+        handed = None if rows is None else (len(rows), error_rows(first_id, rows), tallies)
         with self._cond:
             self._pending.setdefault(name, []).append((first_id, handed))
             self._cond.notify()
@@ -316,17 +303,17 @@ class GroupTracker:
     def _fold_segment(self, meta, name, chunks, now_text):
         low = watermark(meta, name)
         if chunks and all(handed is not None for _, handed in chunks) and chunks[0][0] == low + 1:
-            expected, folded = low + 1, []
-            for first_id, (count, errors) in chunks:
+            expected, folded, total = low + 1, [], Tally()
+            for first_id, (count, errors, tallies) in chunks:
                 if first_id != expected:
                     break
                 folded.extend(errors)
+                for tally in tallies:
+                    total.add(tally)
                 expected = first_id + count
             else:
-                counts = _range_counts(self.data_dir, name, low, expected - 1)
-                if counts is not None:
-                    _fold_range(meta, name, low, expected - 1, folded, now_text, *counts)
-                    return
+                _fold_range(meta, name, low, expected - 1, folded, now_text, total.volume, total.latency)
+                return
         sync_segment(meta, self.data_dir, name, now_text)
 
     def _run(self):

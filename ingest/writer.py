@@ -20,6 +20,7 @@ import orjson
 
 from . import catalog, recovery, schema, segments
 from .entries import format_ts
+from .tally import Tally
 
 log = logging.getLogger("sidecar.writer")
 WAL_RESTART_BYTES = 32 * 1024 * 1024
@@ -43,12 +44,14 @@ def utc_now():
 
 
 class Batch:
-    __slots__ = ("rows", "idempotency_key", "response", "done", "error")
+    __slots__ = ("rows", "idempotency_key", "response", "tally", "done", "error")
 
-    def __init__(self, rows, idempotency_key=None, response=None):
+    def __init__(self, rows, idempotency_key=None, response=None, tally=None):
         self.rows = rows
         self.idempotency_key = idempotency_key
         self.response = response
+        # Counted here, on the request thread, rather than on the writer's (ingest/tally.py).
+        self.tally = tally if tally is not None else Tally.of_rows(rows)
         self.done = threading.Event()
         self.error = None
 
@@ -66,7 +69,7 @@ class _Call:
 class Writer:
     def __init__(self, data_dir, settings, clock=utc_now, on_commit=None):
         self.data_dir = data_dir
-        self.on_commit = on_commit  # called with (head name, first id, rows) after every commit
+        self.on_commit = on_commit  # called with (head name, first id, rows, tallies) after every commit
         self.observe_commit = None  # called with (seconds, entries, queued entries) after every commit (metrics)
         self.settings = settings
         self.clock = clock
@@ -249,7 +252,7 @@ class Writer:
             head.ids_explicit = False  # the newest id is in the table again
         head.note_rows(rows)
         if self.on_commit is not None:
-            self.on_commit(head.name, first_id, rows)
+            self.on_commit(head.name, first_id, rows, [batch.tally for batch in batches])
         self._finish_checkpoint(head)
         self.committed_entries += len(rows)
         self._catalog_dirty = True

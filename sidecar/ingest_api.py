@@ -6,9 +6,10 @@ import orjson
 from flask import Blueprint, current_app, g, request
 
 from ingest.body import BodyError, decompress, parse_entries
-from ingest.entries import EntryError, format_ts, to_row
+from ingest.entries import EntryError, format_ts, to_row_and_metadata
 from ingest.idempotency import MAX_KEY_LENGTH
 from ingest.scrub import body_may_hold_cards
+from ingest.tally import Tally
 from ingest.writer import Batch, QueueFull, StorageUnavailable
 
 from .auth import bearer_token
@@ -30,24 +31,27 @@ def read_body(max_bytes):
 
 
 def validate_entries(entries, sidecar, body=None):
-    """Return (rows, rejected) for a list of decoded entries (`body`: the raw JSON they came from)."""
+    """Return (rows, rejected, tally) for a list of decoded entries (`body`: the raw JSON they came from)."""
     now = sidecar.clock()
     limits = sidecar.limits
     if limits.scrub and body is not None and not body_may_hold_cards(body):
         limits = sidecar.limits_without_cards
     received_at = format_ts(now)
     max_ts = format_ts(now + timedelta(seconds=limits.max_future_s))
-    rows, rejected = [], []
+    rows, metadatas, rejected = [], [], []
     fingerprinter = sidecar.fingerprinter
     for index, entry in enumerate(entries):
         try:
-            rows.append(to_row(entry, received_at, max_ts, limits, fingerprinter))
+            row, metadata = to_row_and_metadata(entry, received_at, max_ts, limits, fingerprinter)
         except EntryError as error:
             rejected.append({"index": index, "error": str(error)})
+            continue
+        rows.append(row)
+        metadatas.append(metadata)
     sidecar.save_templates()
     if rejected:
         sidecar.metrics.rejected(rejected)
-    return rows, rejected
+    return rows, rejected, Tally.of_rows(rows, metadatas)
 
 
 def store_batch(sidecar, batch):
@@ -92,14 +96,14 @@ def _idempotency_key():
     return key
 
 
-def _store_once(sidecar, key, rows, response):
+def _store_once(sidecar, key, rows, response, tally):
     state, stored = sidecar.idempotency.claim(key)
     if state == "replay":
         return json_response(orjson.loads(stored), headers={"Idempotent-Replayed": "true"})
     if state == "busy":
         raise ApiError(409, "idempotency_key_in_use", "a request with this Idempotency-Key is still "
                        "being processed; retry after it finishes", headers={"Retry-After": "1"})
-    batch = Batch(rows, key, response)
+    batch = Batch(rows, key, response, tally)
     try:
         store_batch(sidecar, batch)
     except ApiError as error:
@@ -138,7 +142,7 @@ def ingest_logs():
                        {"max_batch_entries": settings["max_batch_entries"]})
     if not entries:
         raise ApiError(400, "empty_batch", "the body holds no entries")
-    rows, rejected = validate_entries(entries, sidecar, body)
+    rows, rejected, tally = validate_entries(entries, sidecar, body)
     g.log_fields = {"accepted": len(rows), "rejected": len(rejected)}
     if not rows:
         raise ApiError(400, "no_valid_entries", "no entry of the batch is valid; nothing was stored",
@@ -146,9 +150,9 @@ def ingest_logs():
     key = _idempotency_key()
     response = orjson.dumps({"accepted": len(rows), "rejected": rejected}).decode()
     if key is not None:
-        replay = _store_once(sidecar, key, rows, response)
+        replay = _store_once(sidecar, key, rows, response, tally)
         if replay is not None:
             return replay
     else:
-        store_batch(sidecar, Batch(rows, None, response))
+        store_batch(sidecar, Batch(rows, None, response, tally))
     return current_app.response_class(response, status=200, mimetype="application/json")

@@ -68,12 +68,12 @@ def export_logs():
         sidecar.metrics.rejected(rejected)
     rows = []
     if decoded.entries:
-        rows, invalid = validate_entries(decoded.entries, sidecar, _card_check_body(decoded.entries))
+        rows, invalid, tally = validate_entries(decoded.entries, sidecar, _card_check_body(decoded.entries))
         if invalid:  # validate_entries counted these; index them by record
             rejected = rejected + [{"index": decoded.entry_records[item["index"]], "error": item["error"]}
                                    for item in invalid]
     g.log_fields = {"accepted": len(rows), "rejected": len(rejected), "otlp_encoding": kind}
     if rows:
-        store_batch(sidecar, Batch(rows, None, None))
+        store_batch(sidecar, Batch(rows, None, None, tally))
     message = otlp.rejection_message(decoded, rejected) if rejected else ""
     return _answer(kind, otlp.export_response(kind, len(rejected), message))

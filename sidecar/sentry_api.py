@@ -41,12 +41,12 @@ def _read(sidecar):
 
 def _store(sidecar, events, project_id, body):
     entries = [to_log_entry(event, project_id) for event in events]
-    rows, rejected = validate_entries(entries, sidecar, body)
+    rows, rejected, tally = validate_entries(entries, sidecar, body)
     if rejected and not rows:
         raise ApiError(400, "invalid_event", rejected[0]["error"], {"rejected": rejected})
     if rows:
         try:
-            store_batch(sidecar, Batch(rows, None, None))
+            store_batch(sidecar, Batch(rows, None, None, tally))
         except ApiError as error:
             if error.status == 429:
                 error.headers["X-Sentry-Rate-Limits"] = "{}::organization".format(error.headers["Retry-After"])

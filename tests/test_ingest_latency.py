@@ -79,9 +79,8 @@ def test_tracker_hand_over_is_exact_and_agrees_with_catch_up(store, data_dir, mo
     write(writer, entries(), None)
     tracker.flush()
     tracker.stop()
-    # Each fold counts its id range once inside SQLite: every row of the two commits exactly once.
-    assert sum(high - low for _, low, high in read_back) == 26
-    read_back.clear()
+    # The batches were counted before they were written (ingest/tally.py): nothing is read back.
+    assert read_back == []
     assert buckets(meta) == {key: 2 * count for key, count in EXPECTED_BUCKETS.items()}
     assert totals(meta) == {key: (2 * n, 2 * total, high, 2 * c4, 2 * c5)
                             for key, (n, total, high, c4, c5) in EXPECTED_TOTALS.items()}
