@@ -72,7 +72,7 @@ class SegmentLock:
         self.fd = None
 
 
-def open_for_writing(path, synchronous="full", cache_bytes=16 * 1024 * 1024):
+def open_for_writing(path, synchronous="full", cache_bytes=8 * 1024 * 1024):
     """Open (creating if needed) a segment for the one writer thread."""
     con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     con.execute("PRAGMA journal_mode=WAL")
