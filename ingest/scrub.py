@@ -117,6 +117,9 @@ _SHAPE = bytes(ord("0") if 48 <= i <= 57 else ord("-") if i in (32, 45)
 _CARD_FIRST_DIGITS = b"23456"
 _UNSCRUBBED_ID_KEYS = (b'"trace_id":"', b'"span_id":"')
 _CARD_SHAPES = (b"0" * 13, b"0000-0000-0000", b"0000-000000-00000")
+_RUN_SHAPES = (0x30, 0x2D)  # "0" and "-" of _SHAPE: digits, spaces and dashes
+_CARD_BYTES = re.compile(_CARD.pattern.encode())
+_ESCAPE = re.compile(rb"\\.")
 
 
 def _card_can_start(body, shaped, pos):
@@ -166,15 +169,48 @@ def body_may_hold_cards(body):
     One pass over the whole body at C speed instead of a regex per entry: digit
     shapes of every card layout, or a \\u escape that could spell digits. Hex ids
     (trace ids, UUIDs) hold long digit runs too, but glued to letters, where no
-    card number can start or end: those hits are skipped.
+    card number can start or end: those hits are skipped. In an ASCII body the
+    runs left are then matched and Luhn-checked as the scrubber would
+    (`_run_holds_card`): a UUID whose first groups are all digits is no reason to
+    check every entry of its batch one by one.
     """
     if b"\\u" in body:
         return True
     shaped = body.translate(_SHAPE)
+    text = None
     for shape in _CARD_SHAPES:
+        checked_until = -1  # the end of the last run checked: its other hits need no second look
         pos = shaped.find(shape)
         while pos != -1:
-            if _card_can_start(body, shaped, pos) and _card_can_end(shaped, pos):
-                return True
+            if pos >= checked_until and _card_can_start(body, shaped, pos) and _card_can_end(shaped, pos):
+                if not body.isascii():
+                    return True  # str patterns take non-ASCII digits and letters for \d and \w
+                if text is None:
+                    # Each two-character escape becomes two spaces: offsets stay, and an escaped
+                    # quote, tab or newline stays something no card number runs through.
+                    text = _ESCAPE.sub(b"  ", body) if b"\\" in body else body
+                holds, checked_until = _run_holds_card(text, shaped, pos)
+                if holds:
+                    return True
             pos = shaped.find(shape, pos + 1)
     return False
+
+
+def _run_holds_card(text, shaped, pos):
+    """(does the run of digits, spaces and dashes around `pos` hold a number the scrubber
+    would mask, the offset where the run ends).
+
+    No match of _CARD reaches past such a run, so matching the run alone finds what
+    matching each decoded string finds; the lookbehind still sees the byte before it.
+    """
+    start = pos
+    while start > 0 and shaped[start - 1] in _RUN_SHAPES:
+        start -= 1
+    end = pos
+    while end < len(shaped) and shaped[end] in _RUN_SHAPES:
+        end += 1
+    for match in _CARD_BYTES.finditer(text, start, min(end + 1, len(text))):
+        digits = match.group(0).replace(b" ", b"").replace(b"-", b"").decode("ascii")
+        if _issuer_length_ok(digits) and luhn_ok(digits):
+            return True, end
+    return False, end

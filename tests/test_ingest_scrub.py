@@ -90,4 +90,35 @@ def test_body_check_skips_hex_ids_that_start_with_digits():
     assert body_may_hold_cards(orjson.dumps([{"message": "4111111111111111-e7b"}]))
     assert not body_may_hold_cards(orjson.dumps([{"request_id": "88485733-8184-9996-1005-f4d13"}]))
     assert not body_may_hold_cards(orjson.dumps([{"span_id": "5159431369604235"}]))
-    assert body_may_hold_cards(orjson.dumps([{"metadata": {"span": "5159431369604235"}}]))
+    assert body_may_hold_cards(orjson.dumps([{"metadata": {"span": "5555555555554444"}}]))
+
+
+@pytest.mark.parametrize("request_id, holds", [
+    ("43101379-7424-7210-4fcf-c90edad09912", False),  # all-digit groups, no valid card number in them
+    ("5555-5555-5555-4444-4fcf-c90edad09912", True),  # a real card number's layout: masked, so checked
+])
+def test_body_check_luhn_checks_digit_runs_it_cannot_rule_out(request_id, holds):
+    body = orjson.dumps([{"message": "m", "metadata": {"request_id": request_id}}] * 3)
+    assert body_may_hold_cards(body) is holds
+    assert (scrub_text(request_id) != request_id) is holds
+
+
+def test_body_check_never_misses_a_card_among_escapes_and_near_misses():
+    import random
+    rng = random.Random(11)
+    alphabet = "0123456789abcdef -_.:/\\\"\n\t"
+    numbers = ["4111111111111111", "5555 5555 5555 4444", "3782-822463-10005", "4111111111111112",
+               "5555 5555 5555 4445", "43101379-7424-7210", "2222 4000 7000 0005"]
+    missed = []
+    for _ in range(4000):
+        texts = []
+        for _ in range(rng.randint(1, 3)):
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
+            if rng.random() < 0.6:
+                cut = rng.randint(0, len(text))
+                text = text[:cut] + rng.choice(numbers) + text[cut:]
+            texts.append(text)
+        body = orjson.dumps([{"message": texts[0], "metadata": {"k{}".format(i): t for i, t in enumerate(texts)}}])
+        if any(scrub_text(text) != text for text in texts) and not body_may_hold_cards(body):
+            missed.append(texts)
+    assert missed == []
