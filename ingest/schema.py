@@ -59,14 +59,29 @@ CREATE INDEX IF NOT EXISTS logs_duration ON logs(CAST(json_extract(metadata, '$.
 # logs_duration: the slowest requests of a closed segment (Datasette's slowest_requests query)
 # without reading every row's metadata.
 
-# The rows travel as one JSON array so that the whole insert runs inside
-# SQLite without the GIL: executemany gives the GIL up and takes it back for
-# every row, and request threads starve the writer.
-INSERT_LOG_JSON = "INSERT INTO logs ({}) SELECT {} FROM json_each(?)".format(
-    ", ".join(LOG_COLUMNS), ", ".join("value ->> {}".format(i) for i in range(len(LOG_COLUMNS))))
-
+# A whole commit of the writer is one statement, run in autocommit mode:
+# `INSERT INTO write_batch VALUES (rows, first_id, after_id, keys)` inserts the rows (a JSON
+# array of row arrays, columns as in LOG_COLUMNS), feeds FTS5 the rows above `after_id`,
+# records the idempotency keys (a JSON array of [key, received_at, response], or NULL) and
+# commits, all inside one sqlite3_step. The rows get ids from `first_id` on when it is given
+# (after the newest rows were deleted), otherwise SQLite's max(id) + 1.
+# Why: the whole write runs without the GIL (executemany gives it up and takes it back for
+# every row), and the writer thread takes the GIL back once a commit instead of once a
+# statement: each time it may wait out a busy request thread's switch interval (5 ms).
 # External-content FTS5 fed once per transaction: a trigger per row costs twice.
+# The view and trigger are TEMP: the segment file's schema does not change.
 FEED_FTS = "INSERT INTO logs_fts(rowid, message, trace_id) SELECT id, message, trace_id FROM logs WHERE id > ?"
+WRITE_BATCH_OBJECTS = """
+CREATE TEMP VIEW IF NOT EXISTS write_batch(rows_json, first_id, after_id, keys_json) AS
+    SELECT NULL, NULL, NULL, NULL;
+CREATE TEMP TRIGGER IF NOT EXISTS write_batch_insert INSTEAD OF INSERT ON write_batch BEGIN
+    INSERT INTO logs (id, {columns}) SELECT NEW.first_id + key, {values} FROM json_each(NEW.rows_json);
+    {feed_fts};
+    INSERT OR REPLACE INTO batches SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(NEW.keys_json);
+END;
+""".format(columns=", ".join(LOG_COLUMNS), values=", ".join("value ->> {}".format(i) for i in range(len(LOG_COLUMNS))),
+           feed_fts=FEED_FTS.replace("?", "NEW.after_id"))
+WRITE_BATCH = "INSERT INTO write_batch VALUES (?, ?, ?, ?)"
 
 CATALOG_TABLES = """
 CREATE TABLE IF NOT EXISTS segments (

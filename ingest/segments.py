@@ -82,7 +82,7 @@ def open_for_writing(path, synchronous="full", cache_bytes=8 * 1024 * 1024):
     con.execute("PRAGMA wal_autocheckpoint=0")
     con.execute("PRAGMA journal_size_limit={}".format(64 * 1024 * 1024))
     con.execute("PRAGMA busy_timeout=30000")
-    con.executescript(schema.SEGMENT_TABLES + schema.SEGMENT_INDEXES)
+    con.executescript(schema.SEGMENT_TABLES + schema.SEGMENT_INDEXES + schema.WRITE_BATCH_OBJECTS)
     return con
 
 

@@ -24,12 +24,11 @@ from .tally import Tally
 
 log = logging.getLogger("sidecar.writer")
 WAL_RESTART_BYTES = 32 * 1024 * 1024
-# After the newest rows were deleted, ids are given explicitly from head.last_id + 1: SQLite would
-# hand out max(id) + 1 again, and an id that the FTS feed, the error-group watermark or a link has
-# already seen must never name another entry.
-INSERT_LOG_JSON_FROM_ID = "INSERT INTO logs (id, {}) SELECT ? + key, {} FROM json_each(?)".format(
-    ", ".join(schema.LOG_COLUMNS), ", ".join("value ->> {}".format(i) for i in range(len(schema.LOG_COLUMNS))))
-
+# File sizes (rotation by size, the WAL restart) are looked at again once about this share of
+# the smaller limit has been written: each os.stat gives up the GIL, and taking it back can cost
+# the writer a request thread's switch interval (5 ms); two stats a commit cost about 10% of
+# throughput (bench/ingest_threads.py). A small segment_max_bytes still checks every commit.
+SIZE_CHECK_SHARE = 32
 
 class QueueFull(Exception):
     """The writer is behind: the client should retry after a pause."""
@@ -101,6 +100,7 @@ class Writer:
         self._catalog_dirty = False
         self._catalog_updated = 0.0
         self._closers = []
+        self._unchecked_bytes = float("inf")  # written since the file sizes were last looked at
         self._checkpointer = None
 
     # -- life cycle -------------------------------------------------------
@@ -241,25 +241,27 @@ class Writer:
 
     def _write(self, batches):
         started = time.perf_counter()
-        self._rotate_if_needed()
+        size_limit = min(self.settings["segment_max_bytes"], WAL_RESTART_BYTES)
+        check_sizes = self._unchecked_bytes >= size_limit / SIZE_CHECK_SHARE
+        if check_sizes:
+            self._unchecked_bytes = 0
+        self._rotate_if_needed(check_sizes)
         head = self.head
         rows = [row for batch in batches for row in batch.rows]
         con = head.con
+        rows_json = orjson.dumps(rows).decode()
+        keyed = [(b.idempotency_key, b.rows[0][13], b.response) for b in batches if b.idempotency_key]
+        # After the newest rows were deleted, ids are given explicitly from last_id + 1: SQLite
+        # would hand out max(id) + 1 again, and an id that the FTS feed, the error-group
+        # watermark or a link has already seen must never name another entry.
         try:
-            con.execute("BEGIN")
-            if head.ids_explicit:
-                con.execute(INSERT_LOG_JSON_FROM_ID, (head.last_id + 1, orjson.dumps(rows).decode()))
-            else:
-                con.execute(schema.INSERT_LOG_JSON, (orjson.dumps(rows).decode(),))
-            con.execute(schema.FEED_FTS, (head.last_id,))
-            keyed = [(b.idempotency_key, b.rows[0][13], b.response) for b in batches if b.idempotency_key]
-            if keyed:
-                con.executemany("INSERT OR REPLACE INTO batches VALUES (?, ?, ?)", keyed)
-            con.execute("COMMIT")
+            con.execute(schema.WRITE_BATCH, (rows_json, head.last_id + 1 if head.ids_explicit else None,
+                                             head.last_id, orjson.dumps(keyed).decode() if keyed else None))
         except BaseException:
-            if con.in_transaction:
+            if con.in_transaction:  # a failed statement rolls itself back; this is a safety net
                 con.execute("ROLLBACK")
             raise
+        self._unchecked_bytes += len(rows_json)
         first_id = head.last_id + 1
         head.last_id += len(rows)  # rowids are max+1 (or given from last_id + 1 after a deletion)
         if rows:
@@ -267,7 +269,8 @@ class Writer:
         head.note_rows(rows)
         if self.on_commit is not None:
             self.on_commit(head.name, first_id, rows, [batch.tally for batch in batches])
-        self._finish_checkpoint(head)
+        if check_sizes:
+            self._finish_checkpoint(head)
         self.committed_entries += len(rows)
         self._catalog_dirty = True
         self.last_commit_ms = (time.perf_counter() - started) * 1000
@@ -330,11 +333,11 @@ class Writer:
             head.ids_explicit = True
 
     # -- rotation and catalog ----------------------------------------------
-    def _rotate_if_needed(self):
+    def _rotate_if_needed(self, check_size=True):
         now = self.clock()
         head = self.head
-        too_big = segments.file_bytes(head.path) >= self.settings["segment_max_bytes"]
-        if head.day == now.strftime("%Y-%m-%d") and not too_big:
+        if head.day == now.strftime("%Y-%m-%d") and not (
+                check_size and segments.file_bytes(head.path) >= self.settings["segment_max_bytes"]):
             return
         new_head = recovery.create_head(self.data_dir, self.meta, self.settings, now)
         self._update_catalog(force=True)

@@ -53,7 +53,7 @@ SETTINGS = (
     Setting("max_metadata_bytes", 64 * 1024, "Larger metadata (as JSON) is truncated and flagged in `metadata._sidecar.truncated`.", int),
     Setting("max_metadata_depth", 20, "Entries whose metadata nests deeper are rejected.", int),
     Setting("max_future_s", 7 * 86400, "Entries timestamped further than this in the future are rejected.", int),
-    Setting("segment_max_bytes", 256 * MiB, "The head segment rotates once its file passes this size (and at every UTC midnight).", int),
+    Setting("segment_max_bytes", 256 * MiB, "The head segment rotates once its file passes this size (and at every UTC midnight). The size is looked at about every MiB written (1/32 of the smaller of this and 32 MiB), so a segment may end a commit or two past it.", int),
     Setting("queue_max_entries", 50_000, "Entries waiting for the writer before ingest answers 429 (each costs about 1 KiB of memory while it waits).", int),
     Setting("commit_max_entries", 20_000, "Most entries the writer commits in one transaction (group commit).", int),
     Setting("synchronous", "full", "SQLite `synchronous` mode of segments: `full` (a 2xx survives power loss) or `normal` (a 2xx survives a crash of the process, not of the machine).", str),

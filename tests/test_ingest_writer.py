@@ -100,6 +100,24 @@ def test_rotation_by_size_never_reuses_a_name(make_writer, data_dir, clock):
     assert all(row["closed_at"] for row in rows[:-1])
 
 
+def test_rotation_by_size_looks_at_the_size_every_32nd_of_the_limit(make_writer, data_dir, clock):
+    # About 2 MB of rows against a 1 MB limit: the size is looked at after each ~32 KB of rows
+    # written, so every closed segment ends at most one check interval and one commit past it.
+    limit = 1_000_000
+    writer = make_writer(segment_max_bytes=limit)
+    big = "x" * 900
+    for i in range(40):
+        rows = make_rows(50, clock, start=i * 50)
+        write(writer, [row[:3] + (row[3] + big,) + row[4:] for row in rows])
+    writer.wait_closers()
+    writer.stop()
+    rows = catalog_rows(data_dir)
+    assert len(rows) >= 2 and all(row["closed_at"] for row in rows[:-1])
+    assert sum(row["row_count"] for row in rows) == 2000
+    commit_bytes = 50 * 2000  # well above what one commit of these rows takes on disk
+    assert all(row["bytes"] <= limit + limit / 32 + commit_bytes for row in rows[:-1])
+
+
 def test_group_commit_takes_every_waiting_batch(make_writer, data_dir, clock):
     writer = make_writer()
     head = sqlite3.connect(writer.head.path, timeout=0)
