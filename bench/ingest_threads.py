@@ -5,7 +5,9 @@
 
 Starts the real gunicorn server, sends the seeded workload of bench/ingest.py,
 and prints events/s, p50/p99, the server's CPU µs an entry, then one row per
-thread of the server's processes with its CPU time. Thread names come from
+thread of the server's processes: its CPU time, and the share of the run it
+spent on a CPU and runnable but waiting for one (from schedstat; the rest it
+was blocked, e.g. on taking the GIL back). Thread names come from
 `py-spy dump` when py-spy is on the PATH (the worker's writer, groups,
 checkpointer and request threads); otherwise the rows show thread ids only.
 """
@@ -29,13 +31,17 @@ from bench.common import TOKEN, Server, percentile, print_table  # noqa: E402
 
 
 def cpu_by_thread(root):
-    """{(pid, tid): CPU seconds} over the process tree of `root`."""
+    """{(pid, tid): (seconds on a CPU, seconds runnable but waiting for one)} over the process
+    tree of `root`, from /proc/<pid>/task/<tid>/schedstat. The rest of a thread's wall time
+    it was blocked: on I/O, on a lock, on work, or on taking the GIL back."""
     times = {}
     for proc in [root] + root.children(recursive=True):
         try:
             for thread in proc.threads():
-                times[(proc.pid, thread.id)] = thread.user_time + thread.system_time
-        except psutil.Error:
+                with open("/proc/{}/task/{}/schedstat".format(proc.pid, thread.id)) as stat:
+                    on_cpu, waiting = stat.read().split()[:2]
+                times[(proc.pid, thread.id)] = (int(on_cpu) / 1e9, int(waiting) / 1e9)
+        except (psutil.Error, OSError):
             pass
     return times
 
@@ -92,16 +98,17 @@ def main():
     finally:
         server.stop()
         shutil.rmtree(data_dir)
-    used = {key: after[key] - before.get(key, 0.0) for key in after}
-    total = sum(used.values())
+    used = {key: tuple(now - then for now, then in zip(after[key], before.get(key, (0.0, 0.0)))) for key in after}
+    total = sum(on_cpu for on_cpu, _ in used.values())
     print("{:,} entries, batches of {}, {} clients: {:,.0f} events/s, p50 {:.0f} ms, p99 {:.0f} ms, "
           "server CPU {:.1f} µs an entry ({:.2f} cores)".format(
               args.entries, args.batch, args.clients, args.entries / elapsed, percentile(latencies, 0.5) * 1000,
               percentile(latencies, 0.99) * 1000, total / args.entries * 1e6, total / elapsed))
     rows = [["master" if pid == root.pid else "worker {}".format(pid), tid, names.get(tid, "?"),
-             "{:.2f}".format(seconds), "{:.1f}".format(seconds / args.entries * 1e6)]
-            for (pid, tid), seconds in sorted(used.items(), key=lambda item: -item[1]) if seconds >= 0.05]
-    print_table(["process", "thread id", "name", "CPU s", "µs an entry"], rows)
+             "{:.2f}".format(on_cpu), "{:.1f}".format(on_cpu / args.entries * 1e6),
+             "{:.0f}%".format(100 * on_cpu / elapsed), "{:.0f}%".format(100 * waiting / elapsed)]
+            for (pid, tid), (on_cpu, waiting) in sorted(used.items(), key=lambda item: -item[1][0]) if on_cpu >= 0.05]
+    print_table(["process", "thread id", "name", "CPU s", "µs an entry", "on a CPU", "waiting for one"], rows)
 
 
 if __name__ == "__main__":
