@@ -30,6 +30,7 @@ WAL_RESTART_BYTES = 32 * 1024 * 1024
 # throughput (bench/ingest_threads.py). A small segment_max_bytes still checks every commit.
 SIZE_CHECK_SHARE = 32
 
+
 class QueueFull(Exception):
     """The writer is behind: the client should retry after a pause."""
 
