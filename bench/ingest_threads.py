@@ -28,6 +28,7 @@ import requests
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import workload  # noqa: E402
 from bench.common import TOKEN, Server, percentile, print_table  # noqa: E402
+from bench.ingest import make_bodies  # noqa: E402
 
 
 def cpu_by_thread(root):
@@ -66,7 +67,7 @@ def main():
     parser.add_argument("--server", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
     encoded = [orjson.dumps(e) for e in workload.entries(args.entries, seed=7)]
-    bodies = [b"[" + b",".join(encoded[i:i + args.batch]) + b"]" for i in range(0, len(encoded), args.batch)]
+    bodies = make_bodies(encoded, args.batch)
     data_dir = tempfile.mkdtemp(prefix="bench-threads-")
     server = Server(data_dir, **dict(item.split("=", 1) for item in args.server))
     root = psutil.Process(server.proc.pid)

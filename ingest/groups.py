@@ -277,10 +277,8 @@ class GroupTracker:
 
     def notify(self, name, first_id=None, rows=None, tallies=None):
         """Rows `rows` were committed to `name` from id `first_id` on, counted by `tallies`
-        (ingest/tally.py); without rows, the segment is read back at the next fold."""
+        (ingest/tally.py, one per batch); without rows, the segment is read back at the next fold."""
         # Only the error rows and the tallies are held until the next fold.
-        if rows is not None and tallies is None:
-            tallies = [Tally.of_rows(rows)]
         handed = None if rows is None else (len(rows), error_rows(first_id, rows), tallies)
         with self._cond:
             self._pending.setdefault(name, []).append((first_id, handed))

@@ -149,24 +149,14 @@ class Latency:
             metadata = orjson.loads(metadata_text)
         except orjson.JSONDecodeError:
             return
-        self.add_metadata(ts, service, metadata)
-
-    def add_metadata(self, ts, service, metadata):
-        """add_entry for metadata already decoded (the dict an entry is stored from)."""
-        if type(metadata) is not dict:
-            return
-        duration = metadata.get("duration_ms")
-        if type(duration) not in (int, float) or not 0 <= duration < math.inf:
-            return
-        route = metadata.get("route")
-        route = route[:MAX_ROUTE_CHARS] if type(route) is str else ""
-        self.observe(ts[:16], service, route, float(duration), metadata.get("status"))
+        self.add_decoded([(ts, None, service)], [metadata])  # a row as far as _TS and _SERVICE go
 
     def add_decoded(self, rows, metadatas):
-        """add_metadata for each row tuple and the metadata dict (or None) it was encoded from.
+        """Count each row tuple whose metadata dict (or None: the dict it was encoded from) has a
+        numeric, finite, non-negative duration_ms; `route` is cut to MAX_ROUTE_CHARS.
 
-        The same rules in one loop without calls: it runs on the request threads for every
-        entry of a batch (ingest/tally.py), under the GIL.
+        One loop without calls: it runs on the request threads for every entry of a batch
+        (ingest/tally.py), under the GIL.
         """
         cells, bounds, inf = self.cells, LATENCY_BUCKETS_MS, math.inf
         for row, metadata in zip(rows, metadatas):

@@ -108,23 +108,11 @@ def create_app(config=None):
     sidecar = Sidecar(load_settings(config), clock).start()
     app = Flask(__name__)
     app.extensions["sidecar"] = sidecar
-    from . import errors, errors_api, health_api, ingest_api, metrics_api, search_api, sentry_api, storage_api
-    app.register_blueprint(errors.bp)
-    app.register_blueprint(ingest_api.bp)
-    app.register_blueprint(health_api.bp)
-    app.register_blueprint(errors_api.bp)
-    app.register_blueprint(sentry_api.bp)
-    from . import otlp_api
-    app.register_blueprint(otlp_api.bp)
-    app.register_blueprint(storage_api.bp)
-    from . import alerts_api
-    app.register_blueprint(alerts_api.bp)
-    app.register_blueprint(search_api.bp)
-    app.register_blueprint(metrics_api.bp)
-    from . import events_api
-    app.register_blueprint(events_api.bp)
-    from . import status_api
-    app.register_blueprint(status_api.bp)
+    from . import (alerts_api, errors, errors_api, events_api, health_api, ingest_api, metrics_api, otlp_api,
+                   search_api, sentry_api, status_api, storage_api)
+    for module in (errors, ingest_api, health_api, errors_api, sentry_api, otlp_api, storage_api, alerts_api,
+                   search_api, metrics_api, events_api, status_api):
+        app.register_blueprint(module.bp)
     _log_requests(app)
     # Browsers ask every site for /favicon.ico; a 404 shows up as a console error.
     app.add_url_rule("/favicon.ico", "favicon", lambda: ("", 204, {"Cache-Control": "max-age=86400"}))
