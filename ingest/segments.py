@@ -83,6 +83,8 @@ def open_for_writing(path, synchronous="full", cache_bytes=8 * 1024 * 1024):
     con.execute("PRAGMA journal_size_limit={}".format(64 * 1024 * 1024))
     con.execute("PRAGMA busy_timeout=30000")
     con.executescript(schema.SEGMENT_TABLES + schema.SEGMENT_INDEXES + schema.WRITE_BATCH_OBJECTS)
+    for statement in schema.FTS_TUNING:
+        con.execute(statement)
     return con
 
 

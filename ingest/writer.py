@@ -44,16 +44,26 @@ def utc_now():
 
 
 class Batch:
-    __slots__ = ("rows", "idempotency_key", "response", "tally", "done", "error")
+    __slots__ = ("rows", "rows_json", "idempotency_key", "response", "tally", "done", "error")
 
     def __init__(self, rows, idempotency_key=None, response=None, tally=None):
         self.rows = rows
+        # The rows as the writer's statement takes them (schema.WRITE_BATCH), encoded here on the
+        # request thread: the writer thread is the one that limits throughput.
+        self.rows_json = orjson.dumps(rows).decode()
         self.idempotency_key = idempotency_key
         self.response = response
         # Counted here, on the request thread, rather than on the writer's (ingest/tally.py).
         self.tally = tally if tally is not None else Tally.of_rows(rows)
         self.done = threading.Event()
         self.error = None
+
+
+def _joined_rows_json(batches):
+    """One JSON array of the rows of `batches`, from each batch's own array."""
+    if len(batches) == 1:
+        return batches[0].rows_json
+    return "[" + ",".join(batch.rows_json[1:-1] for batch in batches if batch.rows) + "]"
 
 
 class _Call:
@@ -250,7 +260,7 @@ class Writer:
         head = self.head
         rows = [row for batch in batches for row in batch.rows]
         con = head.con
-        rows_json = orjson.dumps(rows).decode()
+        rows_json = _joined_rows_json(batches)
         keyed = [(b.idempotency_key, b.rows[0][13], b.response) for b in batches if b.idempotency_key]
         # After the newest rows were deleted, ids are given explicitly from last_id + 1: SQLite
         # would hand out max(id) + 1 again, and an id that the FTS feed, the error-group

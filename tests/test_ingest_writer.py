@@ -122,11 +122,25 @@ def test_group_commit_takes_every_waiting_batch(make_writer, data_dir, clock):
     writer = make_writer()
     head = sqlite3.connect(writer.head.path, timeout=0)
     head.execute("BEGIN IMMEDIATE")  # hold the write lock so batches pile up
-    batches = [writer.submit(Batch(make_rows(10, clock, start=i * 10))) for i in range(5)]
+    batches = [writer.submit(Batch(make_rows(10, clock, start=i * 10) if i != 2 else [])) for i in range(6)]
     head.execute("ROLLBACK")
     for batch in batches:
         assert batch.done.wait(40) and batch.error is None
-    assert len(stored_rows(data_dir)) == 50
+    # The batches after the first were written by one statement, from their JSON arrays joined.
+    assert [row["message"] for row in stored_rows(data_dir)] == ["m{}".format(i) for i in range(60) if i // 10 != 2]
+
+
+def test_full_text_index_settings_and_integrity(make_writer, data_dir, clock):
+    writer = make_writer()
+    for i in range(20):  # 20 commits: 20 small FTS5 segments for automerge to fold
+        write(writer, make_rows(10, clock, start=i * 10))
+    assert writer.delete_entries(writer.head.name, [3, 4], "api") == 2
+    con = sqlite3.connect(writer.head.path)
+    config = dict(con.execute("SELECT k, v FROM logs_fts_config"))
+    assert config["automerge"] == 16 and config["crisismerge"] == 64
+    assert "columnsize=0" in con.execute("SELECT sql FROM sqlite_master WHERE name = 'logs_fts'").fetchone()[0]
+    con.execute("INSERT INTO logs_fts(logs_fts, rank) VALUES ('integrity-check', 1)")  # raises if the index is off
+    assert con.execute("SELECT count(*) FROM logs_fts WHERE logs_fts MATCH 'm150 OR m3'").fetchone() == (1,)
 
 
 def test_queue_full(make_writer, clock):
