@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ingest import catalog
+from ingest import catalog, schema
 from ingest.entries import Limits, format_ts, to_row
 from ingest.writer import Batch, QueueFull, Writer
 from sidecar.settings import load_settings
@@ -128,6 +128,23 @@ def test_group_commit_takes_every_waiting_batch(make_writer, data_dir, clock):
         assert batch.done.wait(40) and batch.error is None
     # The batches after the first were written by one statement, from their JSON arrays joined.
     assert [row["message"] for row in stored_rows(data_dir)] == ["m{}".format(i) for i in range(60) if i // 10 != 2]
+
+
+@pytest.mark.parametrize("text", [
+    'quotes " and \\ backslashes', "new\nline\ttab", "ünïcödé ✓ 😀 \u2028", "", '{"looks": ["like", "json"]}',
+    "[1, 2]", "null", " padded ",
+])
+def test_every_column_is_stored_as_given(make_writer, data_dir, clock, text):
+    # The writer's statement reads the long columns from each row and the short ones from a copy
+    # of the row without them (schema.WRITE_BATCH_OBJECTS): every column must come back exact.
+    writer = make_writer()
+    row = tuple(text if column not in ("ts", "received_at") else format_ts(clock())
+                for column in schema.LOG_COLUMNS)
+    nulls = tuple(None if column not in ("ts", "level", "service", "message", "received_at") else value
+                  for column, value in zip(schema.LOG_COLUMNS, row))
+    write(writer, [row, nulls])
+    stored = [tuple(stored[column] for column in schema.LOG_COLUMNS) for stored in stored_rows(data_dir)]
+    assert stored == [row, nulls]
 
 
 def test_full_text_index_settings_and_integrity(make_writer, data_dir, clock):
