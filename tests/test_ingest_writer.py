@@ -1,6 +1,7 @@
 """The writer and the segment store on real files, with an injected clock."""
 import os
 import sqlite3
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -237,3 +238,42 @@ def test_write_failure_is_reported_and_recovers(make_writer, data_dir, clock):
     write(writer, make_rows(2, clock, start=10))
     assert writer.unavailable_reason is None
     assert len(stored_rows(data_dir)) == 4
+
+
+@pytest.fixture
+def checkpoint_every_commit(monkeypatch):
+    # The WAL-restart checkpoint normally waits for a 32 MiB WAL; at one byte it runs after every commit.
+    from ingest import writer as writer_module
+    monkeypatch.setattr(writer_module, "WAL_RESTART_BYTES", 1)
+
+
+def test_requests_are_answered_before_the_wal_checkpoint(make_writer, data_dir, clock, checkpoint_every_commit):
+    writer = make_writer()
+    release, checkpointing = threading.Event(), threading.Event()
+    finish_checkpoint = writer._finish_checkpoint
+
+    def slow_checkpoint(head):  # a slow disk: the checkpoint's fsync takes its time
+        checkpointing.set()
+        release.wait(10)
+        finish_checkpoint(head)
+
+    writer._finish_checkpoint = slow_checkpoint
+    batch = writer.submit(Batch(make_rows(3, clock)))
+    assert checkpointing.wait(10)
+    assert batch.done.wait(5) and batch.error is None  # answered while the checkpoint still runs
+    release.set()
+    write(writer, make_rows(3, clock, start=3))
+    assert len(stored_rows(data_dir)) == 6
+
+
+def test_a_failed_checkpoint_does_not_fail_committed_batches(make_writer, data_dir, clock, checkpoint_every_commit):
+    writer = make_writer()
+
+    def failing_checkpoint(head):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    writer._finish_checkpoint = failing_checkpoint
+    write(writer, make_rows(3, clock))  # committed: no error for the client, who would send it again
+    write(writer, make_rows(3, clock, start=3))
+    assert writer.unavailable_reason is None
+    assert len(stored_rows(data_dir)) == 6
