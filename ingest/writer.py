@@ -240,11 +240,9 @@ class Writer:
             item.done.set()
 
     def _write_and_wake(self, batches):
-        written = False
         try:
             self._write(batches)
             self.unavailable_reason = None
-            written = True
         except (sqlite3.Error, OSError) as error:
             self.unavailable_reason = str(error)
             log.error("write failed: %s", error)
@@ -253,7 +251,7 @@ class Writer:
                 batch.error = failure
         for batch in batches:
             batch.done.set()
-        if written:
+        if self.unavailable_reason is None:  # written
             # After the wake-up: the requests are answered while the writer looks at file sizes
             # and lets the WAL start over (~10 ms when it checkpoints), not after.
             self._check_sizes()
