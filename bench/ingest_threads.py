@@ -87,13 +87,13 @@ def main():
         names = {}
         namer = threading.Timer(2.0, lambda: names.update(thread_names([p.pid for p in root.children()])))
         namer.start()
-        started = time.perf_counter()
+        started, client_cpu = time.perf_counter(), time.process_time()
         clients = [threading.Thread(target=client) for _ in range(args.clients)]
         for thread in clients:
             thread.start()
         for thread in clients:
             thread.join()
-        elapsed = time.perf_counter() - started
+        elapsed, client_cpu = time.perf_counter() - started, time.process_time() - client_cpu
         namer.join()
         after = cpu_by_thread(root)
     finally:
@@ -102,9 +102,10 @@ def main():
     used = {key: tuple(now - then for now, then in zip(after[key], before.get(key, (0.0, 0.0)))) for key in after}
     total = sum(on_cpu for on_cpu, _ in used.values())
     print("{:,} entries, batches of {}, {} clients: {:,.0f} events/s, p50 {:.0f} ms, p99 {:.0f} ms, "
-          "server CPU {:.1f} µs an entry ({:.2f} cores)".format(
+          "server CPU {:.1f} µs an entry ({:.2f} cores), client CPU {:.1f} µs an entry ({:.2f} cores)".format(
               args.entries, args.batch, args.clients, args.entries / elapsed, percentile(latencies, 0.5) * 1000,
-              percentile(latencies, 0.99) * 1000, total / args.entries * 1e6, total / elapsed))
+              percentile(latencies, 0.99) * 1000, total / args.entries * 1e6, total / elapsed,
+              client_cpu / args.entries * 1e6, client_cpu / elapsed))
     rows = [["master" if pid == root.pid else "worker {}".format(pid), tid, names.get(tid, "?"),
              "{:.2f}".format(on_cpu), "{:.1f}".format(on_cpu / args.entries * 1e6),
              "{:.0f}%".format(100 * on_cpu / elapsed), "{:.0f}%".format(100 * waiting / elapsed)]

@@ -7,6 +7,8 @@ import zlib
 
 import orjson
 
+from . import wire
+
 JSON_TYPES = ("application/json", "text/json")
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl",
                 "application/x-jsonlines", "application/jsonlines")
@@ -75,12 +77,18 @@ def media_type(content_type):
 
 
 def parse_entries(body, content_type):
-    """Return the list of entries in `body`; raise BodyError for a body that is not one."""
+    """Return the list of entries in `body`; raise BodyError for a body that is not one.
+
+    The entries are WireEntry structs when ingest/wire.py takes the whole body, otherwise
+    dicts decoded here; ingest/entries.py makes the same rows of either.
+    """
     kind = media_type(content_type)
     if kind in JSON_TYPES:
-        return _parse_json(body)
+        entries = wire.decode_json(body)
+        return entries if entries is not None else _parse_json(body)
     if kind in NDJSON_TYPES:
-        return _parse_ndjson(body)
+        entries = wire.decode_ndjson(body)
+        return entries if entries is not None else _parse_ndjson(body)
     raise BodyError(415, "unsupported_media_type",
                     "Content-Type {!r} is not accepted; send application/json or application/x-ndjson"
                     .format(kind or "(none)"),

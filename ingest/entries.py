@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 import orjson
 
 from .scrub import has_sensitive_key, may_hold_card, scrub_text, scrub_value
+from .wire import WireEntry
 
 LEVELS = ("debug", "info", "warn", "error", "critical")
 LEVEL_ALIASES = {
@@ -134,11 +135,46 @@ def _truncate_metadata(metadata, limit):
     return kept, dropped
 
 
-def _encode_metadata(metadata, limits, flags):
+def _wide_integers_as_floats(value):
+    """`value` with every integer past 64 bits made a float, or `value` itself when it holds none.
+
+    msgspec (ingest/wire.py) keeps such integers, which orjson cannot encode; orjson.loads,
+    the reference way in, reads their digits as a float (correctly rounded, like float()):
+    so they are stored the same whichever way the entry came in.
+    """
+    if type(value) is int:
+        if -2 ** 63 <= value < 2 ** 64:
+            return value
+        try:
+            return float(value)
+        except OverflowError:
+            raise EntryError("a number of {} digits is out of range".format(len(str(abs(value))))) from None
+    if type(value) is dict:
+        return {key: _wide_integers_as_floats(child) for key, child in value.items()}
+    if type(value) is list:
+        return [_wide_integers_as_floats(child) for child in value]
+    return value
+
+
+def _dumps(value, what):
+    """(value, its JSON): integers past 64 bits as floats (see _wide_integers_as_floats)."""
     try:
-        encoded = orjson.dumps(metadata)
-    except (TypeError, orjson.JSONEncodeError) as error:
-        raise EntryError("metadata cannot be stored as JSON: {}".format(error)) from None
+        return value, orjson.dumps(value)
+    except TypeError as error:  # orjson.JSONEncodeError included
+        if "64-bit" in str(error):  # "Integer exceeds 64-bit range"
+            try:
+                value = _wide_integers_as_floats(value)
+                return value, orjson.dumps(value)
+            except (TypeError, RecursionError):
+                pass
+        raise EntryError("{} cannot be stored as JSON: {}".format(what, error)) from None
+
+
+def _encode_metadata(metadata, limits, flags):
+    as_stored, encoded = _dumps(metadata, "metadata")
+    if as_stored is not metadata:
+        metadata.clear()
+        metadata.update(as_stored)
     _check_depth(metadata, encoded, limits.max_metadata_depth)
     if limits.scrub and _needs_scrubbing(metadata, encoded, limits.cards_possible):
         scrubbed = scrub_value(metadata)
@@ -174,8 +210,7 @@ def _needs_scrubbing(value, encoded, cards_possible):
     return has_sensitive_key(value) or (cards_possible and may_hold_card(encoded))
 
 
-def _exception(entry, scrub, limits_cards):
-    value = entry.get("exception")
+def _exception(value, scrub, limits_cards):
     if value is None:
         return None, None
     chain = value if isinstance(value, list) else [value]
@@ -185,15 +220,14 @@ def _exception(entry, scrub, limits_cards):
         frames = item.get("stacktrace")
         if frames is not None and not (isinstance(frames, list) and all(isinstance(f, dict) for f in frames)):
             raise EntryError("exception.stacktrace must be a list of frame objects")
-    encoded = orjson.dumps(value)
+    value, encoded = _dumps(value, "exception")
     if scrub and _needs_scrubbing(value, encoded, limits_cards):
         value = scrub_value(value)
         encoded = orjson.dumps(value)
     return value, encoded.decode()
 
 
-def _fingerprint(entry):
-    value = entry.get("fingerprint")
+def _fingerprint(value):
     if value is None:
         return None
     if not (isinstance(value, list) and value and all(isinstance(part, str) for part in value)):
@@ -232,21 +266,66 @@ def to_row(entry, received_at, max_ts, limits, fingerprinter=None):
 def to_row_and_metadata(entry, received_at, max_ts, limits, fingerprinter=None):
     """to_row, and the metadata dict the row's metadata column was encoded from (None without
     metadata), so that counting it (ingest/tally.py) needs no second decoding.
+
+    `entry` is a decoded JSON value (usually a dict) or a WireEntry (ingest/wire.py), whose
+    fields msgspec has already type-checked; both give the same row.
     """
+    if type(entry) is WireEntry:
+        return _wire_row(entry, received_at, max_ts, limits, fingerprinter)
     if not isinstance(entry, dict):
         raise EntryError("an entry must be a JSON object, got {}".format(type(entry).__name__))
     service = entry.get("service")
     if not isinstance(service, str) or not service:
-        raise EntryError("service is required and must be a non-empty string")
+        raise EntryError(_SERVICE_REQUIRED)
     message = entry.get("message")
     if not isinstance(message, str):
         raise EntryError("message is required and must be a string")
-    level = entry.get("level", "info")
-    if not isinstance(level, str) or level.lower() not in LEVEL_ALIASES:
-        raise EntryError("level {!r} is not one of {} (or an alias such as warning, fatal, err, trace)"
-                         .format(level, ", ".join(LEVELS)))
-    level = LEVEL_ALIASES[level.lower()]
-    stamp = entry.get("timestamp")
+    level = _level(entry.get("level", "info"))
+    ts = _ts(entry.get("timestamp"), received_at, max_ts, limits)
+    trace_id, span_id, environment, release, host = _optional_strings(entry)
+    user_id = _user_id(entry)
+    exception, exception_json = _exception(entry.get("exception"), limits.scrub, limits.cards_possible)
+    client_fingerprint = _fingerprint(entry.get("fingerprint"))
+    metadata = _metadata_with_extras(entry)
+    return _row(ts, level, service, message, trace_id, span_id, user_id, environment, release, host,
+                metadata, exception, exception_json, client_fingerprint, received_at, limits, fingerprinter)
+
+
+def _wire_row(entry, received_at, max_ts, limits, fingerprinter):
+    """to_row_and_metadata of a WireEntry: the same value checks, in the same order, without
+    the type checks msgspec has made."""
+    service = entry.service
+    if not service:
+        raise EntryError(_SERVICE_REQUIRED)
+    level = _level(entry.level)
+    ts = _ts(entry.timestamp, received_at, max_ts, limits)
+    user_id = entry.user_id
+    if user_id is not None and type(user_id) is not str:
+        user_id = str(user_id)
+    exception, exception_json = _exception(entry.exception, limits.scrub, limits.cards_possible)
+    client_fingerprint = _fingerprint(entry.fingerprint)
+    metadata = entry.metadata
+    if metadata is None:
+        metadata = {}
+    return _row(ts, level, entry.service, entry.message, entry.trace_id, entry.span_id, user_id,
+                entry.environment, entry.release, entry.host, metadata, exception, exception_json,
+                client_fingerprint, received_at, limits, fingerprinter)
+
+
+_SERVICE_REQUIRED = "service is required and must be a non-empty string"
+
+
+def _level(level):
+    if isinstance(level, str):
+        normal = LEVEL_ALIASES.get(level) or LEVEL_ALIASES.get(level.lower())
+        if normal is not None:
+            return normal
+    raise EntryError("level {!r} is not one of {} (or an alias such as warning, fatal, err, trace)"
+                     .format(level, ", ".join(LEVELS)))
+
+
+def _ts(stamp, received_at, max_ts, limits):
+    """The stored timestamp text of `stamp` (the receive time when there is none)."""
     if stamp is None:
         ts = received_at
     elif type(stamp) is str and len(stamp) == 24 and stamp[23] == "Z" and stamp[19] == "." and stamp[10] == "T":
@@ -256,11 +335,13 @@ def to_row_and_metadata(entry, received_at, max_ts, limits, fingerprinter=None):
         ts = format_ts(parse_timestamp(stamp))
     if ts > max_ts:
         raise EntryError("timestamp {} is more than {} s in the future".format(ts, limits.max_future_s))
-    strings = _optional_strings(entry)
-    user_id = _user_id(entry)
-    exception, exception_json = _exception(entry, limits.scrub, limits.cards_possible)
-    client_fingerprint = _fingerprint(entry)
-    metadata = _metadata_with_extras(entry)
+    return ts
+
+
+def _row(ts, level, service, message, trace_id, span_id, user_id, environment, release, host,
+         metadata, exception, exception_json, client_fingerprint, received_at, limits, fingerprinter):
+    """The checks and the row common to both kinds of entry: scrubbing, truncation, the
+    metadata's JSON and the error group's fingerprint."""
     if client_fingerprint is not None:
         metadata["fingerprint"] = client_fingerprint
     if limits.scrub and limits.cards_possible:
@@ -279,6 +360,5 @@ def to_row_and_metadata(entry, received_at, max_ts, limits, fingerprinter=None):
     fingerprint = None
     if fingerprinter is not None:
         fingerprint = fingerprinter(service, level, message, exception, client_fingerprint)
-    trace_id, span_id, environment, release, host = strings
     return (ts, level, service, message, fingerprint, trace_id, span_id, user_id,
             environment, release, host, encoded, exception_json, received_at), (metadata if encoded else None)

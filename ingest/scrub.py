@@ -83,12 +83,17 @@ def _sensitive(key):
 _safe_keys = set()  # keys seen and found not sensitive
 
 
+_CONTAINERS = frozenset((dict, list))
+
+
 def has_sensitive_key(value):
     """True when a dict at any depth of `value` has a sensitive key (with a value worth hiding).
 
-    Runs on every entry: a dict whose keys were all seen before and found safe
-    costs one set test in C.
+    Runs on every entry: a flat dict whose keys were all seen before and found safe
+    costs two set tests in C.
     """
+    if type(value) is dict and _safe_keys.issuperset(value) and _CONTAINERS.isdisjoint(map(type, value.values())):
+        return False
     stack = [value]
     while stack:
         item = stack.pop()
