@@ -110,10 +110,8 @@ def _depth(value):
     return deepest
 
 
-def _check_depth(metadata, encoded, limit):
-    # Counting brackets is C-speed and an upper bound of the depth; walk only when it may be too deep.
-    if encoded.count(b"{") + encoded.count(b"[") <= limit:
-        return
+def _check_depth(metadata, limit):
+    # Called when the count of brackets in its JSON (C speed, an upper bound of the depth) is past the limit.
     depth = _depth(metadata)
     if depth > limit:
         raise EntryError("metadata is nested {} levels deep; the limit is {}".format(depth, limit))
@@ -161,22 +159,30 @@ def _dumps(value, what):
     try:
         return value, orjson.dumps(value)
     except TypeError as error:  # orjson.JSONEncodeError included
-        if "64-bit" in str(error):  # "Integer exceeds 64-bit range"
-            try:
-                value = _wide_integers_as_floats(value)
-                return value, orjson.dumps(value)
-            except (TypeError, RecursionError):
-                pass
-        raise EntryError("{} cannot be stored as JSON: {}".format(what, error)) from None
+        return _dumps_after(value, what, error)
+
+
+def _dumps_after(value, what, error):
+    if "64-bit" in str(error):  # "Integer exceeds 64-bit range"
+        try:
+            value = _wide_integers_as_floats(value)
+            return value, orjson.dumps(value)
+        except (TypeError, RecursionError):
+            pass
+    raise EntryError("{} cannot be stored as JSON: {}".format(what, error)) from None
 
 
 def _encode_metadata(metadata, limits, flags):
-    as_stored, encoded = _dumps(metadata, "metadata")
-    if as_stored is not metadata:
+    # Every entry with metadata comes here: the common case runs inline, without calls.
+    try:
+        encoded = orjson.dumps(metadata)
+    except TypeError as error:
+        as_stored, encoded = _dumps_after(metadata, "metadata", error)
         metadata.clear()
         metadata.update(as_stored)
-    _check_depth(metadata, encoded, limits.max_metadata_depth)
-    if limits.scrub and _needs_scrubbing(metadata, encoded, limits.cards_possible):
+    if encoded.count(b"{") + encoded.count(b"[") > limits.max_metadata_depth:
+        _check_depth(metadata, limits.max_metadata_depth)
+    if limits.scrub and (has_sensitive_key(metadata) or (limits.cards_possible and may_hold_card(encoded))):
         scrubbed = scrub_value(metadata)
         metadata.clear()
         metadata.update(scrubbed)
@@ -297,13 +303,17 @@ def _wire_row(entry, received_at, max_ts, limits, fingerprinter):
     service = entry.service
     if not service:
         raise EntryError(_SERVICE_REQUIRED)
-    level = _level(entry.level)
+    level = LEVEL_ALIASES.get(entry.level) or _level(entry.level)
     ts = _ts(entry.timestamp, received_at, max_ts, limits)
     user_id = entry.user_id
     if user_id is not None and type(user_id) is not str:
         user_id = str(user_id)
-    exception, exception_json = _exception(entry.exception, limits.scrub, limits.cards_possible)
-    client_fingerprint = _fingerprint(entry.fingerprint)
+    exception, exception_json = None, None  # the calls below are for the few entries that have them
+    if entry.exception is not None:
+        exception, exception_json = _exception(entry.exception, limits.scrub, limits.cards_possible)
+    client_fingerprint = entry.fingerprint
+    if client_fingerprint is not None:
+        _fingerprint(client_fingerprint)
     metadata = entry.metadata
     if metadata is None:
         metadata = {}

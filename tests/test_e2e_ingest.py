@@ -190,3 +190,20 @@ def test_dev_token_is_generated_once_and_printed(data_dir, tmp_path):
     assert os.stat(os.path.join(data_dir, "dev-token")).st_mode & 0o077 == 0
     from sidecar.auth import ensure_dev_token
     assert ensure_dev_token(data_dir) == token  # kept, not generated again
+
+
+def test_a_worker_freezes_the_loaded_app_and_collects_young_objects_less_often(tmp_path):
+    # What post_worker_init does to the cyclic GC, in a fresh interpreter as in a worker.
+    script = (
+        "import gc, runpy\n"
+        "conf = runpy.run_path('gunicorn.conf.py')\n"
+        "assert gc.get_freeze_count() == 0 and gc.get_threshold()[0] == 700\n"
+        "conf['post_worker_init'](object())\n"
+        "print(gc.get_freeze_count(), *gc.get_threshold())\n")
+    env = {key: val for key, val in os.environ.items() if not key.startswith(("SIDECAR_", "PROMETHEUS_"))}
+    env["SIDECAR_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    frozen, *thresholds = map(int, result.stdout.split())
+    assert frozen > 1000 and thresholds == [20_000, 10, 10]
