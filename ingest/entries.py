@@ -313,7 +313,7 @@ def _wire_row(entry, received_at, max_ts, limits, fingerprinter):
         exception, exception_json = _exception(entry.exception, limits.scrub, limits.cards_possible)
     client_fingerprint = entry.fingerprint
     if client_fingerprint is not None:
-        _fingerprint(client_fingerprint)
+        _fingerprint(client_fingerprint)  # msgspec checked the list of strings; this rejects an empty one
     metadata = entry.metadata
     if metadata is None:
         metadata = {}
