@@ -4,7 +4,8 @@
     .venv/bin/python bench/ingest_threads.py --entries 1000000 --server cache_bytes=8388608
 
 Starts the real gunicorn server, sends the seeded workload of bench/ingest.py,
-and prints events/s, p50/p99, the server's CPU µs an entry, then one row per
+and prints events/s, p50/p99, the server's and the client's CPU µs an entry
+(the client runs on the same two cores), then one row per
 thread of the server's processes: its CPU time, and the share of the run it
 spent on a CPU and runnable but waiting for one (from schedstat; the rest it
 was blocked, e.g. on taking the GIL back). Thread names come from
