@@ -104,10 +104,11 @@ def _tune_gc():
     # Ingest makes and drops dicts, lists and tuples by the million, under the GIL. At the
     # default thresholds the cyclic GC ran two young collections a request and, with
     # batches alive while they wait for their commit, a full one every ~60 requests
-    # (48 ms each): 1.2 s of a 20 s run of 400k entries (bench/ingest_threads.py). The
-    # objects of the loaded app are frozen out of its reach, and young collections come
-    # 30 times less often: request data holds no reference cycles and refcounting frees
-    # it; what cycles there are (tracebacks) are still collected. Measured: 0.04 s.
+    # (48 ms each): 1.2 s of a 20 s run of 400k entries (bench/ingest_threads.py, GC timed
+    # with gc.callbacks). The objects of the loaded app are frozen out of its reach, and
+    # young collections come 30 times less often: request data holds no reference cycles
+    # and refcounting frees it; what cycles there are (tracebacks) are still collected.
+    # Measured the same way: 0.04 s.
     import gc
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
