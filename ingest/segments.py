@@ -72,14 +72,23 @@ class SegmentLock:
         self.fd = None
 
 
+# Once the head's WAL holds this much since it last started over, the commit that took it
+# there checkpoints (see open_for_writing).
+WAL_RESTART_BYTES = 32 * 1024 * 1024
+
+
 def open_for_writing(path, synchronous="full", cache_bytes=8 * 1024 * 1024):
     """Open (creating if needed) a segment for the one writer thread."""
     con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous={}".format(synchronous.upper()))
     con.execute("PRAGMA cache_size=-{}".format(max(cache_bytes // 1024, 2000)))
-    # The Checkpointer thread copies the WAL back, so commits never wait for it.
-    con.execute("PRAGMA wal_autocheckpoint=0")
+    # The Checkpointer thread copies the WAL back as it fills. While the writer keeps
+    # committing it never catches up with the last frames, so the WAL could not start over;
+    # SQLite's own checkpoint, run inside the commit that takes the WAL past
+    # WAL_RESTART_BYTES, copies the few frames left and the next transaction starts the WAL
+    # from its beginning. Inside the commit's one SQLite call it costs no GIL round trip.
+    con.execute("PRAGMA wal_autocheckpoint={}".format(WAL_RESTART_BYTES // con.execute("PRAGMA page_size").fetchone()[0]))
     con.execute("PRAGMA journal_size_limit={}".format(64 * 1024 * 1024))
     con.execute("PRAGMA busy_timeout=30000")
     con.executescript(schema.SEGMENT_TABLES + schema.SEGMENT_INDEXES + schema.WRITE_BATCH_OBJECTS)

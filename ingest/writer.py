@@ -1,9 +1,10 @@
 """The one writer thread of a process: a bounded queue in, group commits out.
 
 Request threads hand over validated rows with `submit()` and wait on the
-batch; the writer takes every batch waiting (up to `commit_max_entries`),
-writes them in one transaction, commits, and only then wakes the requests,
-so an acknowledgement always means "on disk".
+batch; the writer takes the batches waiting, in order, up to
+`commit_max_entries` (a bigger batch alone), writes them in one transaction,
+commits, and only then wakes the requests, so an acknowledgement always means
+"on disk".
 
 Other work on the head (deleting the deep health check's probe entries) runs
 on the same thread between two transactions, through `call()`.
@@ -23,11 +24,10 @@ from .entries import format_ts
 from .tally import Tally
 
 log = logging.getLogger("sidecar.writer")
-WAL_RESTART_BYTES = 32 * 1024 * 1024
-# File sizes (rotation by size, the WAL restart) are looked at again once about this share of
-# the smaller limit has been written: each os.stat gives up the GIL, and taking it back can cost
-# the writer a request thread's switch interval (5 ms); two stats a commit cost about 10% of
-# throughput (bench/ingest_threads.py). A small segment_max_bytes still checks every commit.
+# The head's size is looked at again once about this share of segment_max_bytes has been
+# written: each os.stat gives up the GIL, and taking it back can cost the writer a request
+# thread's switch interval (5 ms); two stats a commit cost about 10% of throughput
+# (bench/ingest_threads.py). A small segment_max_bytes still checks every commit.
 SIZE_CHECK_SHARE = 32
 
 
@@ -198,6 +198,10 @@ class Writer:
 
     # -- writer thread -----------------------------------------------------
     def _take(self):
+        # A commit of about 1000 entries has paid off its fixed costs (the sync, taking the GIL
+        # back, an FTS5 segment). Adding more batches only makes their requests wait for each
+        # other's rows, and the requests answered together come back together: commits then
+        # grow to every batch in flight and the p99 with them (bench/ingest.py, docs/benchmarks.md).
         limit = self.settings["commit_max_entries"]
         interval = self.settings["catalog_update_interval_ms"] / 1000
         with self._cond:
@@ -252,22 +256,17 @@ class Writer:
         for batch in batches:
             batch.done.set()
         if self.unavailable_reason is None:  # written
-            # After the wake-up: the requests are answered while the writer looks at file sizes
-            # and lets the WAL start over (~10 ms when it checkpoints), not after.
-            self._check_sizes()
+            self._check_size()  # after the wake-up: the requests are answered first
 
-    def _check_sizes(self):
-        """About every MiB written: is the head full (rotate before the next write), is the WAL big?"""
-        size_limit = min(self.settings["segment_max_bytes"], WAL_RESTART_BYTES)
-        if self._unchecked_bytes < size_limit / SIZE_CHECK_SHARE:
+    def _check_size(self):
+        """Every 1/32 of segment_max_bytes written: is the head full (rotate before the next write)?"""
+        if self._unchecked_bytes < self.settings["segment_max_bytes"] / SIZE_CHECK_SHARE:
             return
         self._unchecked_bytes = 0
-        head = self.head
         try:
-            self._head_full = segments.file_bytes(head.path) >= self.settings["segment_max_bytes"]
-            self._finish_checkpoint(head)
-        except (sqlite3.Error, OSError) as error:  # the rows are committed; the next write will tell
-            log.error("checkpoint after a commit failed: %s", error)
+            self._head_full = segments.file_bytes(self.head.path) >= self.settings["segment_max_bytes"]
+        except OSError as error:  # the rows are committed; the next write will tell
+            log.error("looking at the head's size failed: %s", error)
 
     def _write(self, batches):
         started = time.perf_counter()
@@ -300,22 +299,6 @@ class Writer:
         self.last_commit_ms = (time.perf_counter() - started) * 1000
         if self.observe_commit is not None:
             self.observe_commit(self.last_commit_ms / 1000, len(rows), self._pending_entries)
-
-    def _finish_checkpoint(self, head):
-        """Let the WAL start over once it is big.
-
-        The checkpointer thread copies most frames in the background, but while
-        the writer keeps appending it never copies the last ones, and the WAL
-        would grow without end. Here, between two transactions, nothing is being
-        appended, so a PASSIVE checkpoint copies the few frames left and
-        completes; the next transaction then rewrites the WAL from its start.
-        """
-        try:
-            wal_bytes = os.path.getsize(head.path + "-wal")
-        except OSError:
-            return
-        if wal_bytes >= WAL_RESTART_BYTES:
-            head.con.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _delete_from_head(self, head, ids, service):
         con = head.con

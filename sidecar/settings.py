@@ -53,9 +53,9 @@ SETTINGS = (
     Setting("max_metadata_bytes", 64 * 1024, "Larger metadata (as JSON) is truncated and flagged in `metadata._sidecar.truncated`.", int),
     Setting("max_metadata_depth", 20, "Entries whose metadata nests deeper are rejected.", int),
     Setting("max_future_s", 7 * 86400, "Entries timestamped further than this in the future are rejected.", int),
-    Setting("segment_max_bytes", 256 * MiB, "The head segment rotates once its file passes this size (and at every UTC midnight). The size is looked at about every MiB written (1/32 of the smaller of this and 32 MiB), so a segment may end a commit or two past it.", int),
+    Setting("segment_max_bytes", 256 * MiB, "The head segment rotates once its file passes this size (and at every UTC midnight). The size is looked at each time about 1/32 of this has been written (8 MiB at the default), so a segment may end up to that much past it.", int),
     Setting("queue_max_entries", 50_000, "Entries waiting for the writer before ingest answers 429 (each costs about 1 KiB of memory while it waits).", int),
-    Setting("commit_max_entries", 20_000, "Most entries the writer commits in one transaction (group commit).", int),
+    Setting("commit_max_entries", 1000, "The writer adds waiting batches to one transaction (group commit) up to this many entries; a bigger batch is committed alone.", int),
     Setting("synchronous", "full", "SQLite `synchronous` mode of segments: `full` (a 2xx survives power loss) or `normal` (a 2xx survives a crash of the process, not of the machine).", str),
     Setting("cache_bytes", 8 * MiB, "SQLite page cache of the head segment's writer connection. 8 MiB measured as fast as 16 MiB at 1M entries and 12 MB smaller (bench/ingest.py).", int),
     Setting("idempotency_ttl_s", 86400, "How long an `Idempotency-Key` is remembered.", int),
@@ -170,8 +170,6 @@ def check_settings(values):
             ", ".join(SYNCHRONOUS_MODES), values["synchronous"]))
     if values["max_decompressed_bytes"] < values["max_body_bytes"]:
         raise SettingsError("SIDECAR_MAX_DECOMPRESSED_BYTES must be at least SIDECAR_MAX_BODY_BYTES")
-    if values["commit_max_entries"] < values["max_batch_entries"]:
-        raise SettingsError("SIDECAR_COMMIT_MAX_ENTRIES must be at least SIDECAR_MAX_BATCH_ENTRIES")
     if values["queue_max_entries"] < values["max_batch_entries"]:
         raise SettingsError("SIDECAR_QUEUE_MAX_ENTRIES must be at least SIDECAR_MAX_BATCH_ENTRIES")
     if not values["ingest_tokens"] and not is_loopback(values["host"]):

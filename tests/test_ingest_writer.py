@@ -2,6 +2,7 @@
 import os
 import sqlite3
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -178,6 +179,27 @@ def test_queue_full(make_writer, clock):
         assert batch.done.wait(40) and batch.error is None
 
 
+def test_waiting_batches_share_a_commit_up_to_commit_max_entries(make_writer, data_dir, clock):
+    writer = make_writer(commit_max_entries=5, max_batch_entries=10)
+    commits = []
+    writer.observe_commit = lambda seconds, entries, queued: commits.append(entries)
+    head = sqlite3.connect(writer.head.path, timeout=0)
+    head.execute("BEGIN IMMEDIATE")  # the writer waits on its first batch while the others queue
+    try:
+        first = writer.submit(Batch(make_rows(1, clock)))
+        deadline = time.monotonic() + 10
+        while writer.queued_entries and time.monotonic() < deadline:  # taken: the writer is in its commit
+            time.sleep(0.01)
+        batches = [writer.submit(Batch(make_rows(size, clock, start=10 * i))) for i, size in enumerate([3, 2, 4, 10, 1])]
+    finally:
+        head.execute("ROLLBACK")
+    for batch in [first] + batches:
+        assert batch.done.wait(40) and batch.error is None
+    # In order: 3 + 2 fill a commit, 4 + 10 would pass 5, the 10-entry batch goes alone.
+    assert commits == [1, 5, 4, 10, 1]
+    assert len(stored_rows(data_dir)) == 21
+
+
 def test_restart_adopts_its_head_and_closes_other_orphans(data_dir, clock):
     settings = load_settings({}, environ={})
     first = Writer(data_dir, settings, clock).start()
@@ -241,39 +263,47 @@ def test_write_failure_is_reported_and_recovers(make_writer, data_dir, clock):
 
 
 @pytest.fixture
-def checkpoint_every_commit(monkeypatch):
-    # The WAL-restart checkpoint normally waits for a 32 MiB WAL; at one byte it runs after every commit.
-    from ingest import writer as writer_module
-    monkeypatch.setattr(writer_module, "WAL_RESTART_BYTES", 1)
+def small_wal_restart(monkeypatch):
+    # The head's WAL normally starts over past 32 MiB; at 64 KiB a few small commits take it there.
+    from ingest import segments
+    monkeypatch.setattr(segments, "WAL_RESTART_BYTES", 64 * 1024)
 
 
-def test_requests_are_answered_before_the_wal_checkpoint(make_writer, data_dir, clock, checkpoint_every_commit):
+def wal_and_file_bytes(writer):
+    path = writer.head.path
+    return os.path.getsize(path + "-wal"), os.path.getsize(path)
+
+
+def test_the_wal_starts_over_while_the_writer_keeps_writing(make_writer, data_dir, clock, small_wal_restart):
     writer = make_writer()
-    release, checkpointing = threading.Event(), threading.Event()
-    finish_checkpoint = writer._finish_checkpoint
-
-    def slow_checkpoint(head):  # a slow disk: the checkpoint's fsync takes its time
-        checkpointing.set()
-        release.wait(10)
-        finish_checkpoint(head)
-
-    writer._finish_checkpoint = slow_checkpoint
-    batch = writer.submit(Batch(make_rows(3, clock)))
-    assert checkpointing.wait(10)
-    assert batch.done.wait(5) and batch.error is None  # answered while the checkpoint still runs
-    release.set()
-    write(writer, make_rows(3, clock, start=3))
-    assert len(stored_rows(data_dir)) == 6
+    for i in range(40):  # about 1.8 MB of segment, one commit after another
+        write(writer, make_rows(200, clock, start=i * 200))
+    wal_bytes, file_bytes = wal_and_file_bytes(writer)
+    # The commit that takes the WAL past the limit checkpoints it, and the next one writes the
+    # WAL from its start: the file holds everything, the WAL only the last few commits.
+    assert file_bytes > 1_500_000
+    assert wal_bytes < file_bytes / 4, (wal_bytes, file_bytes)
+    assert len(stored_rows(data_dir)) == 8000
 
 
-def test_a_failed_checkpoint_does_not_fail_committed_batches(make_writer, data_dir, clock, checkpoint_every_commit):
+def test_a_reader_holding_the_wal_fails_no_write(make_writer, data_dir, clock, small_wal_restart):
     writer = make_writer()
-
-    def failing_checkpoint(head):
-        raise sqlite3.OperationalError("disk I/O error")
-
-    writer._finish_checkpoint = failing_checkpoint
-    write(writer, make_rows(3, clock))  # committed: no error for the client, who would send it again
-    write(writer, make_rows(3, clock, start=3))
+    write(writer, make_rows(200, clock))
+    reader = sqlite3.connect(writer.head.path, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM logs").fetchone() == (200,)  # a query holding its snapshot
+    for i in range(1, 21):  # the checkpoint cannot copy the frames the reader may need: no error
+        write(writer, make_rows(200, clock, start=i * 200))
+    held_wal_bytes, _ = wal_and_file_bytes(writer)
+    assert reader.execute("SELECT count(*) FROM logs").fetchone() == (200,)
+    reader.execute("COMMIT")
+    reader.close()
+    for i in range(21, 31):  # the reader is gone: the WAL starts over again ...
+        write(writer, make_rows(200, clock, start=i * 200))
+    wal_bytes_after, _ = wal_and_file_bytes(writer)
+    assert wal_bytes_after < held_wal_bytes + 300_000  # at most one more commit on top
+    for i in range(31, 61):  # ... and stops growing: it is written again from its start
+        write(writer, make_rows(200, clock, start=i * 200))
+    assert wal_and_file_bytes(writer)[0] == wal_bytes_after
     assert writer.unavailable_reason is None
-    assert len(stored_rows(data_dir)) == 6
+    assert len(stored_rows(data_dir)) == 61 * 200

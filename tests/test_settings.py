@@ -32,6 +32,7 @@ def test_environment_variables_and_port():
     ({"SIDECAR_HOST": "10.1.2.3"}, "refusing to listen"),
     ({"SIDECAR_INGEST_TOKENS": "short"}, "at least 16 characters"),
     ({"SIDECAR_MAX_BATCH_ENTRIES": "100", "SIDECAR_QUEUE_MAX_ENTRIES": "50"}, "QUEUE_MAX_ENTRIES must be at least"),
+    ({"SIDECAR_COMMIT_MAX_ENTRIES": "0"}, "SIDECAR_COMMIT_MAX_ENTRIES must be a positive"),
 ])
 def test_bad_settings_fail_with_a_clear_message(environ, message):
     with pytest.raises(SettingsError, match=message):
