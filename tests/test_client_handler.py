@@ -287,20 +287,27 @@ def test_sidecar_down_10_s(live_server, data_dir, attach, monkeypatch):
         assert handler.flush(10)
     server.stop()
     holder = hold_port(server.port)
+    sending_threads = set()  # which threads tried the network while the sidecar was away
+    real_send = requests.Session.send
+
+    def send_noting_the_thread(session, prepared, **kwargs):
+        sending_threads.add(threading.current_thread())
+        return real_send(session, prepared, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "send", send_noting_the_thread)
     down_at = time.monotonic()
-    slowest = 0.0
     for second in range(10):  # 10 s down: 3,000 records per handler, logged while the sidecar is away
         for i in range(second * 300, second * 300 + 300):
             for log in loggers.values():
-                started = time.perf_counter()
                 log.info("while down %d", i, extra={"n": i})
-                slowest = max(slowest, time.perf_counter() - started)
         time.sleep(max(0.0, down_at + second + 1 - time.monotonic()))
     assert roomy.stats()["retries"] > 0 and roomy.stats()["sent"] == 1
+    # emit() never touched the network: only the handlers' own threads tried to send. (A bound
+    # on emit()'s time, 0.25 s, failed once on a loaded 2-vCPU machine at 0.32 s: GIL turns.)
+    assert sending_threads and threading.main_thread() not in sending_threads
     restart_on_same_port(server, holder, monkeypatch)
     for handler in loggers:
         assert handler.flush(20), handler.stats()
-    assert slowest < 0.25  # emit() never waited on the network (a connect attempt would take seconds)
 
     rows = rows_of(data_dir, "roomy")  # within the queue bound: nothing lost, nothing twice
     assert sorted(row["metadata"]["n"] for row in rows) == list(range(-1, 3000))
