@@ -88,7 +88,8 @@ def open_for_writing(path, synchronous="full", cache_bytes=8 * 1024 * 1024):
     # SQLite's own checkpoint, run inside the commit that takes the WAL past
     # WAL_RESTART_BYTES, copies the few frames left and the next transaction starts the WAL
     # from its beginning. Inside the commit's one SQLite call it costs no GIL round trip.
-    con.execute("PRAGMA wal_autocheckpoint={}".format(WAL_RESTART_BYTES // con.execute("PRAGMA page_size").fetchone()[0]))
+    page_bytes, = con.execute("PRAGMA page_size").fetchone()
+    con.execute("PRAGMA wal_autocheckpoint={}".format(WAL_RESTART_BYTES // page_bytes))
     con.execute("PRAGMA journal_size_limit={}".format(64 * 1024 * 1024))
     con.execute("PRAGMA busy_timeout=30000")
     con.executescript(schema.SEGMENT_TABLES + schema.SEGMENT_INDEXES + schema.WRITE_BATCH_OBJECTS)
