@@ -69,18 +69,28 @@ def when_ready(server):
 def post_fork(server, worker):
     # An exceeded file-size limit must fail the write (answered 503), not kill the worker.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    _limit_malloc_arenas()
+    _tune_malloc()
 
 
-def _limit_malloc_arenas():
-    # glibc gives each request thread its own malloc arena; freed request
-    # buffers then stay resident in every arena. Two arenas keep the RSS of a
-    # worker low at no measurable cost in throughput (bench/ingest.py).
+# glibc malloc in the worker (mallopt's parameter numbers, from malloc.h).
+M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3
+MALLOC_ARENAS = 8
+MALLOC_MMAP_THRESHOLD_BYTES = 1024 * 1024
+
+
+def _tune_malloc():
+    # With fewer arenas than busy threads, the writer thread (SQLite allocates per row) and the
+    # request threads queue for the same arena's lock: with 2 arenas the server took 2-25% less
+    # ingest a second than with 8 (bench/ingest.py, docs/benchmarks.md, 2026-12-03). Each arena
+    # keeps what its thread freed, so a fixed mmap threshold (which also stops glibc raising it
+    # after each large free) hands blocks of 1 MiB and more, such as a group commit's rows,
+    # straight back to the system: the RSS stays that of 2 arenas.
     import ctypes
     import ctypes.util
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        libc.mallopt(-8, 2)  # M_ARENA_MAX
+        libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+        libc.mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES)
     except (OSError, AttributeError):
         pass
 

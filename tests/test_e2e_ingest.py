@@ -192,6 +192,51 @@ def test_dev_token_is_generated_once_and_printed(data_dir, tmp_path):
     assert ensure_dev_token(data_dir) == token  # kept, not generated again
 
 
+def _run_worker_hook_script(script, tmp_path):
+    """Run `script` in a fresh interpreter from the repository root; return what it printed."""
+    env = {key: val for key, val in os.environ.items() if not key.startswith(("SIDECAR_", "PROMETHEUS_"))}
+    env["SIDECAR_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_worker_caps_malloc_arenas_and_hands_large_blocks_back(tmp_path):
+    # What post_fork does to glibc malloc, in a fresh interpreter as in a worker: 16 threads
+    # allocating at once share at most 8 arenas, and a 2 MiB block is mmapped (returned to the
+    # system when freed) even after a 4 MiB one was freed, which would raise glibc's own threshold.
+    script = (
+        "import ctypes, ctypes.util, os, re, runpy, tempfile, threading\n"
+        "conf = runpy.run_path('gunicorn.conf.py')\n"
+        "conf['post_fork'](None, None)\n"
+        "libc = ctypes.CDLL(ctypes.util.find_library('c'))\n"
+        "libc.malloc.restype = ctypes.c_void_p\n"
+        "libc.free.argtypes = [ctypes.c_void_p]\n"
+        "libc.fopen.restype = ctypes.c_void_p\n"
+        "libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]\n"
+        "libc.fclose.argtypes = [ctypes.c_void_p]\n"
+        "barrier = threading.Barrier(16)\n"
+        "def hold():\n"
+        "    blocks = [libc.malloc(4096) for _ in range(64)]\n"
+        "    barrier.wait()\n"
+        "    for block in blocks: libc.free(block)\n"
+        "threads = [threading.Thread(target=hold) for _ in range(16)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "def mmapped_blocks():\n"
+        "    path = tempfile.mktemp()\n"
+        "    stream = libc.fopen(path.encode(), b'w'); libc.malloc_info(0, stream); libc.fclose(stream)\n"
+        "    xml = open(path).read(); os.unlink(path)\n"
+        "    return len(re.findall(r'<heap nr=', xml)), int(re.findall(r'<total type=.mmap. count=.(\\d+)', xml)[-1])\n"
+        "libc.free(libc.malloc(4 << 20))\n"
+        "heaps, before = mmapped_blocks()\n"
+        "block = libc.malloc(2 << 20)\n"
+        "mmapped = mmapped_blocks()[1] - before\n"
+        "print(heaps, mmapped)\n")
+    heaps, mmapped = map(int, _run_worker_hook_script(script, tmp_path).split())
+    assert 2 <= heaps <= 8 and mmapped == 1
+
+
 def test_a_worker_freezes_the_loaded_app_and_collects_young_objects_less_often(tmp_path):
     # What post_worker_init does to the cyclic GC, in a fresh interpreter as in a worker.
     script = (
@@ -200,10 +245,5 @@ def test_a_worker_freezes_the_loaded_app_and_collects_young_objects_less_often(t
         "assert gc.get_freeze_count() == 0 and gc.get_threshold()[0] == 700\n"
         "conf['post_worker_init'](object())\n"
         "print(gc.get_freeze_count(), *gc.get_threshold())\n")
-    env = {key: val for key, val in os.environ.items() if not key.startswith(("SIDECAR_", "PROMETHEUS_"))}
-    env["SIDECAR_DATA_DIR"] = str(tmp_path / "data")
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, result.stderr
-    frozen, *thresholds = map(int, result.stdout.split())
+    frozen, *thresholds = map(int, _run_worker_hook_script(script, tmp_path).split())
     assert frozen > 1000 and thresholds == [20_000, 10, 10]
