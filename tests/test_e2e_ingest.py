@@ -237,6 +237,24 @@ def test_a_worker_caps_malloc_arenas_and_hands_large_blocks_back(tmp_path):
     assert 2 <= heaps <= 8 and mmapped == 1
 
 
+def test_a_worker_stops_sqlite_counting_its_memory(tmp_path):
+    # What post_fork does to SQLite, in a fresh interpreter as in a worker: its memory statistics
+    # (a process-wide mutex taken on every allocation) are off, and SQLite still works.
+    script = (
+        "import ctypes, runpy, sqlite3\n"
+        "conf = runpy.run_path('gunicorn.conf.py')\n"
+        "conf['post_fork'](None, None)\n"
+        "con = sqlite3.connect(':memory:')\n"
+        "con.execute('CREATE TABLE t (x)')\n"
+        "con.executemany('INSERT INTO t VALUES (?)', [('x' * 1000,)] * 1000)\n"
+        "rows, = con.execute('SELECT count(*) FROM t').fetchone()\n"
+        "used, peak = ctypes.c_int64(), ctypes.c_int64()\n"
+        "ctypes.CDLL('libsqlite3.so.0').sqlite3_status64(0, ctypes.byref(used), ctypes.byref(peak), 0)\n"
+        "print(rows, used.value)\n")
+    rows, memory_used = map(int, _run_worker_hook_script(script, tmp_path).split())
+    assert rows == 1000 and memory_used == 0
+
+
 def test_a_worker_freezes_the_loaded_app_and_collects_young_objects_less_often(tmp_path):
     # What post_worker_init does to the cyclic GC, in a fresh interpreter as in a worker.
     script = (
