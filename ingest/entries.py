@@ -339,7 +339,10 @@ def _ts(stamp, received_at, max_ts, limits):
     if stamp is None:
         ts = received_at
     elif type(stamp) is str and len(stamp) == 24 and stamp[23] == "Z" and stamp[19] == "." and stamp[10] == "T":
-        parse_timestamp(stamp)  # already in the stored form: validate it, keep the text
+        try:  # already in the stored form: validate it, keep the text
+            datetime.fromisoformat(stamp)
+        except ValueError:
+            parse_timestamp(stamp)  # raises the EntryError that says what is wrong
         ts = stamp
     else:
         ts = format_ts(parse_timestamp(stamp))

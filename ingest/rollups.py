@@ -8,6 +8,8 @@ crash. Counts are of entries received: retention deleting entries later does
 not lower them (like an error group's count).
 """
 from collections import Counter
+from itertools import repeat
+from operator import getitem, itemgetter
 
 ROLLUP_TABLES = """
 CREATE TABLE IF NOT EXISTS volume_minute (
@@ -21,6 +23,7 @@ CREATE TABLE IF NOT EXISTS ingest_minute (
 
 # Row positions of schema.LOG_COLUMNS.
 _TS, _LEVEL, _SERVICE, _RECEIVED = 0, 1, 2, 13
+_MINUTE = slice(0, 16)  # "YYYY-MM-DDTHH:MM" of a stored timestamp
 # The deep health check's probe entries are deleted right after they are read back: not counted.
 PROBE_SERVICE = "sidecar.probe"
 
@@ -36,10 +39,18 @@ class Volume:
 
     @classmethod
     def of_rows(cls, rows):
-        if any(row[_SERVICE] == PROBE_SERVICE for row in rows):
+        # Counted on the request threads for every entry, under the GIL: the columns are taken
+        # and cut by map() and counted by Counter, all in C, without a Python loop per row.
+        services = list(map(itemgetter(_SERVICE), rows))
+        if PROBE_SERVICE in services:
             rows = [row for row in rows if row[_SERVICE] != PROBE_SERVICE]
-        return cls(Counter([(row[_TS][:16], row[_SERVICE], row[_LEVEL]) for row in rows]),
-                   Counter([row[_RECEIVED][:16] for row in rows]))
+            services = list(map(itemgetter(_SERVICE), rows))
+        minutes = map(getitem, map(itemgetter(_TS), rows), repeat(_MINUTE))
+        by_level = Counter(zip(minutes, services, map(itemgetter(_LEVEL), rows)))
+        received = Counter()
+        for stamp, count in Counter(map(itemgetter(_RECEIVED), rows)).items():  # a batch has one or few
+            received[stamp[:16]] += count
+        return cls(by_level, received)
 
     @classmethod
     def of_segment(cls, con, low, high):

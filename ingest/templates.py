@@ -10,8 +10,13 @@ import re
 
 WILDCARD = "<*>"
 
-# (pattern, substring the message must hold for the pattern to apply, needs a digit).
-# The gates skip most patterns for most messages: masking is the hot path.
+# (pattern, substring the message must hold for the pattern to apply, needs a digit[, hint]).
+# The gates skip most patterns for most messages: masking is the hot path. A hint is a
+# regular expression that matches wherever the pattern does (a necessary part of any match)
+# and starts with a character class: Python's re then jumps from candidate to candidate in
+# C, where a pattern that starts with a look-behind or \b is tried at every position (or a
+# test in C, such as a count of separators). Each hinted pattern runs only on a message
+# where its hint holds; the result is the same (tests/test_ingest_templates.py).
 # Order matters: wide patterns (URLs, timestamps, IPs) first, so that the
 # number rule at the end does not cut them into pieces. A pattern that starts
 # with a repeated class has a look-behind on that class: it may only start where
@@ -24,31 +29,40 @@ _MASKS = [
     (r"[-+]?\[(?:Filtered|REDACTED|Redacted|redacted)\]", "[", False),
     (r"(?<![\w+.-])[a-zA-Z][a-zA-Z0-9+.-]*://[^\s,;\"'<>)\]]*", "://", False),                  # URL
     (r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[a-zA-Z]{2,}\b", "@", False),                   # email
-    (r"\b{h}{{8}}-{h}{{4}}-{h}{{4}}-{h}{{4}}-{h}{{12}}\b".format(h=_HEX), "-", True),  # UUID
+    (r"\b{h}{{8}}-{h}{{4}}-{h}{{4}}-{h}{{4}}-{h}{{12}}\b".format(h=_HEX), "-", True, r"{h}{{8}}-{h}{{4}}-".format(h=_HEX)),  # UUID
     # ctime / syslog: "Sun Jul 24 03:15:55 2005", "Jul 24 03:15:55"
     (r"\b(?:{d},?\s+)?{m}\s+\d{{1,2}},?\s+(?:\d{{4}}\s+)?\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?"
-     r"(?:\s+[A-Z]{{3,4}})?(?:\s+\d{{4}})?\b".format(d=_DAYS, m=_MONTHS), ":", True),
-    (r"\b\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:Z|[+-]\d\d:?\d\d)?)?\b", "-", True),  # ISO
-    (r"(?<![\w:-])(?:{h}{{2}}[:-]){{5,}}{h}{{2}}\b".format(h=_HEX), "", True),                   # MAC, EUI
-    (r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?(?![\w.])", ".", True),              # IPv4[:port]
+     r"(?:\s+[A-Z]{{3,4}})?(?:\s+\d{{4}})?\b".format(d=_DAYS, m=_MONTHS), ":", True,
+     r"[ADFJMNOS](?:an|eb|ar|pr|ay|un|ul|ug|ep|ct|ov|ec)\s"),
+    (r"\b\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:Z|[+-]\d\d:?\d\d)?)?\b", "-", True,
+     r"\d-\d\d-\d"),  # ISO
+    (r"(?<![\w:-])(?:{h}{{2}}[:-]){{5,}}{h}{{2}}\b".format(h=_HEX), "", True,
+     lambda message: message.count(":") + message.count("-") >= 5),                       # MAC, EUI
+    (r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?(?![\w.])", ".", True, r"\d\.\d"),  # IPv4[:port]
     (r"(?<![\w:.])(?=[\[:0-9a-fA-F]{{0,41}}\d)\[?(?:{h}{{0,4}}:){{2,7}}{h}{{0,4}}\]?(?::\d+)?(?![\w:])"
-     .format(h=_HEX), ":", True),                                                        # IPv6, h:m:s
-    (r"\b\d{1,2}:\d\d(?::\d\d(?:[.,]\d+)?)?\b", ":", True),                             # time of day
-    (r"(?<![\w.])\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}(?![\w.])", "", True),                  # other dates
+     .format(h=_HEX), ":", True, r":{h}{{0,4}}:".format(h=_HEX)),                      # IPv6, h:m:s
+    (r"\b\d{1,2}:\d\d(?::\d\d(?:[.,]\d+)?)?\b", ":", True, r"\d:\d\d"),                # time of day
+    (r"(?<![\w.])\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}(?![\w.])", "", True, r"\d[/.-]\d{1,2}[/.-]\d"),  # other dates
     (r"(?:(?<=[\s=(\[\"':,])|^)(?:~|\.{1,2})?(?:/[\w.@%+~$#-]+)+/?", "/", False),      # absolute path
     (r"(?<![\w./-])[\w.-]+(?:/[\w.@%+~$#-]+){2,}/?", "/", False),                         # relative a/b/c
     (r"\b[a-zA-Z]:\\[^\s]*", ":\\", False),                                             # Windows path
-    (r"\b0[xX]{h}+\b|\b(?=[a-fA-F]*\d)(?=\d*[a-fA-F]){h}{{8,}}\b".format(h=_HEX), "", True),  # hex
+    (r"\b0[xX]{h}+\b|\b(?=[a-fA-F]*\d)(?=\d*[a-fA-F]){h}{{8,}}\b".format(h=_HEX), "", True,
+     r"{h}(?:[xX]|{h}{{6}}){h}".format(h=_HEX)),                                           # hex
     # Durations and sizes: "12ms", "9.2 KB", "<1 sec"; the unit goes too, as its
     # scale changes with the value.
     (r"(?<![\w.])[<>~]?\d+(?:\.\d+)?(?:(?:ns|us|µs|ms|s|m|h|d|[kKMGTP]i?[bB]|[bB])"
      r"|\s?(?:nanos|micros|millis|sec|secs|seconds?|mins?|minutes?|hours?|days?|bytes?|"
-     r"[kKMGTP]i?B|B))(?![\w.])", "", True),
+     r"[kKMGTP]i?B|B))(?![\w.])", "", True, r"\d\s?[nuµmshdkKMGTPbB]"),
     (r"(?<!\w)'[^'\n]*'(?!\w)", "'", False),                                            # quoted values
     (r"(?<!\w)\"[^\"\n]*\"(?!\w)", '"', False),
-    (r"(?<![A-Za-z0-9])[-+]?\d+(?:[.,]\d+)*(?![A-Za-z0-9])", "", True),                # numbers
+    # Numbers. Written to start with a character class so that re skips to the candidates:
+    # (?<![A-Za-z0-9])[-+]?\d+(?:[.,]\d+)*(?![A-Za-z0-9]), the first character taken before
+    # the look-behind.
+    (r"[-+\d](?<![A-Za-z0-9].)(?:(?<=\d)\d*|(?<=[-+])\d+)(?:[.,]\d+)*(?![A-Za-z0-9])", "", True),
 ]
-_MASK_RE = [(re.compile(pattern), gate, digit) for pattern, gate, digit in _MASKS]
+_MASK_RE = [(re.compile(pattern), gate, digit,
+             None if not hint else re.compile(hint[0]).search if isinstance(hint[0], str) else hint[0])
+            for pattern, gate, digit, *hint in _MASKS]
 # key=value: the value goes, the key stays (it names the field).
 _KEY_VALUE_RE = re.compile(r"((?<![\w.-])[\w.-]+=)(?!<\*>)[^\s,;&)\]}]+")
 _DIGIT_RE = re.compile(r"\d")
@@ -57,8 +71,8 @@ _DIGIT_RE = re.compile(r"\d")
 def mask(message: str) -> str:
     """The message with its variable parts replaced by <*>; pure, deterministic."""
     digits = _DIGIT_RE.search(message) is not None
-    for pattern, gate, digit in _MASK_RE:
-        if (digits or not digit) and gate in message:
+    for pattern, gate, digit, hint in _MASK_RE:
+        if (digits or not digit) and gate in message and (hint is None or hint(message)):
             message = pattern.sub(WILDCARD, message)
     if "=" in message:
         message = _KEY_VALUE_RE.sub(r"\1" + WILDCARD, message)
@@ -75,7 +89,7 @@ def _tokens(masked):
     "x:1 2 3" that a scrubber turned into "x:[Filtered]") keeps the count stable."""
     tokens = []
     for token in masked.split():
-        if _WILD_ONLY_RE.fullmatch(token):
+        if WILDCARD in token and _WILD_ONLY_RE.fullmatch(token):
             if tokens and tokens[-1].endswith(WILDCARD):
                 continue
             token = WILDCARD
@@ -145,13 +159,25 @@ class TemplateMiner:
     # Likewise for memory and meta.db: a service with more templates than this is
     # sending text that is not logging; new shapes then group by exact masked text.
     max_clusters = 5000
+    # Masked texts remembered with the cluster they joined unchanged (see add), at most.
+    max_remembered = 10_000
 
     def __init__(self):
         self._clusters = {}     # id -> _Cluster, in creation order
         self._index = {}        # _key(template) -> [_Cluster]
+        # Masked text -> the _Cluster it joined without changing it. _match reads only the
+        # templates, so until one changes (any insert or retemplate clears this) the same text
+        # joins the same cluster unchanged again: looked up instead of compared token by token.
+        # Most messages of a service repeat a masked text once their values are masked.
+        self._joined = {}
 
     def add(self, message: str) -> tuple[str, bool]:
-        tokens = _tokens(mask(message))
+        masked = mask(message)
+        cluster = self._joined.get(masked)
+        if cluster is not None:
+            cluster.size += 1
+            return cluster.id, False
+        tokens = _tokens(masked)
         cluster = self._match(tokens)
         if cluster is None:
             if len(self._index.get(_key(tokens), ())) >= self.max_bucket or len(self._clusters) >= self.max_clusters:
@@ -162,6 +188,9 @@ class TemplateMiner:
         cluster.size += 1
         merged = [mine if mine == theirs else WILDCARD for mine, theirs in zip(cluster.tokens, tokens)]
         if merged == cluster.tokens:
+            if len(self._joined) >= self.max_remembered:
+                self._joined.clear()
+            self._joined[masked] = cluster
             return cluster.id, False
         self._retemplate(cluster, merged)
         return cluster.id, True
@@ -203,10 +232,12 @@ class TemplateMiner:
         return cid
 
     def _insert(self, cluster):
+        self._joined.clear()
         self._clusters[cluster.id] = cluster
         self._index.setdefault(_key(cluster.tokens), []).append(cluster)
 
     def _retemplate(self, cluster, tokens):
+        self._joined.clear()
         old_key, new_key = _key(cluster.tokens), _key(tokens)
         cluster.tokens = tokens
         if old_key != new_key:

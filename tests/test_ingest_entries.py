@@ -62,6 +62,10 @@ def test_level_defaults_to_info():
     (base(level="loud"), "level 'loud' is not one of"),
     (base(level=3), "is not one of"),
     (base(timestamp="yesterday"), "is not RFC 3339"),
+    # Shaped like the stored form (kept as sent once valid), yet not a time.
+    (base(timestamp="2025-02-29T12:00:00.000Z"), "is not RFC 3339"),
+    (base(timestamp="2025-01-01T24:00:00.000Z"), "is not RFC 3339"),
+    (base(timestamp="2025-01-01Tab:00:00.000Z"), "is not RFC 3339"),
     (base(timestamp=True), "must be an RFC 3339 string or a number"),
     (base(timestamp=1e30), "out of range"),
     (base(timestamp="2026-01-20T00:00:00Z"), "in the future"),

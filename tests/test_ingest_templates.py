@@ -157,3 +157,72 @@ def test_unbounded_input_is_bounded():
     assert len(miner.clusters()) == 50
     assert len(set(ids)) == 80  # still one group per distinct masked text, just not mined
     assert miner.add("zq" + "x" * 70 + " unique shape number 70 of many")[0] == ids[70]
+
+
+# Messages rich in what the patterns look for: digits, hex, separators, month names, units.
+_PIECES = ["Jan", "Feb", "Sep", "Dec", "Mon", "ms", "sec", "KB", "MiB", "0x", "ff:", "-", "::", "1.2.3.4",
+           "2024-05-01", "12:30:45", "/a/b", "<*>", "deadbeef12", "\u00b5s", "\u03bcs", " ", "=", "12/31/2024",
+           "3 min", "9.2 KB", "00:1A:2B:3C:4D:5E", "aa-bb-cc-dd-ee-ff", "\u0663\u0664", "[::1]:80",
+           "123e4567-e89b-12d3-a456-426614174000", "Jul 24 03:15:55", "<1 sec", "~5ms", "+7", "x9"]
+_CHARS = "0123456789abcdefABCDEFxX:-./ _=,;'\"[]()<>~@\u00b5smhdnukKMGTPbBi\\\t%+#$*"
+
+
+def _fuzz_messages(count, seed=11):
+    rng = random.Random(seed)
+    return ["".join(rng.choice(_PIECES) if rng.random() < 0.4 else rng.choice(_CHARS)
+                    for _ in range(rng.randint(1, 30))) for _ in range(count)]
+
+
+def test_every_hint_holds_where_its_pattern_matches():
+    # A hint only lets mask() skip a pattern; one that missed a match would change templates.
+    from ingest import templates
+    hinted = [(pattern, hint) for pattern, _, _, hint in templates._MASK_RE if hint is not None]
+    assert len(hinted) >= 8
+    matched = collections.Counter()
+    for message in _fuzz_messages(20_000):
+        for pattern, hint in hinted:
+            if pattern.search(message):
+                matched[pattern.pattern] += 1
+                assert hint(message), (pattern.pattern, message)
+    assert all(matched[pattern.pattern] > 10 for pattern, _ in hinted), matched
+
+
+def test_the_numbers_pattern_finds_what_its_plain_form_finds():
+    import re
+
+    from ingest import templates
+    plain = re.compile(r"(?<![A-Za-z0-9])[-+]?\d+(?:[.,]\d+)*(?![A-Za-z0-9])")
+    fast = templates._MASK_RE[-1][0]
+    for message in _fuzz_messages(20_000, seed=12) + ["-5", "a-5", "+-5", "5.5.5", "x5", "5x", "-", "\u0663"]:
+        assert [m.span() for m in fast.finditer(message)] == [m.span() for m in plain.finditer(message)], message
+
+
+def test_remembered_joins_give_what_comparing_gives():
+    stream = [message for message, _ in synthetic_stream(seed=5)] * 2 + _fuzz_messages(3000, seed=13)
+    remembering, comparing = TemplateMiner(), TemplateMiner()
+    hits = 0
+    for message in stream:
+        expected = comparing.add(message)
+        comparing._joined.clear()  # the reference compares token by token every time
+        hits += mask(message) in remembering._joined
+        assert remembering.add(message) == expected, message
+    assert remembering.clusters() == comparing.clusters()  # sizes included
+    assert hits > len(stream) // 4
+
+
+def test_a_remembered_join_is_forgotten_when_a_template_changes():
+    miner = TemplateMiner()
+    general = [miner.add(message)[0] for message in ("user u1 x2 in", "user u3 x4 in", "user alice logged in")][-1]
+    specific = miner.add("user alice logged out")[0]
+    assert miner.add("user alice logged in")[0] == general  # remembered: (1.0, 2 words) beats (0.75, 3)
+    assert miner.add("user alice logged at") == (specific, True)  # "user alice logged <*>" now
+    assert miner.add("user alice logged in")[0] == specific  # (1.0, 3 words) beats (1.0, 2)
+
+
+def test_a_remembered_join_is_forgotten_when_a_template_is_added():
+    miner = TemplateMiner()
+    general = [miner.add(message)[0] for message in ("user u1 x2 in", "user u3 x4 in", "user alice logged in")][-1]
+    assert miner.add("user alice logged in")[0] == general  # remembered
+    added, created = miner.add("user alice logged 42")  # "user alice logged <*>": no match, a new template
+    assert created and added != general
+    assert miner.add("user alice logged in")[0] == added  # (1.0, 3 words) beats (1.0, 2)
