@@ -27,6 +27,7 @@ Tables:
 `route` is `metadata.route` (at most 200 characters) or '' without one.
 """
 import math
+import operator
 import sqlite3
 import threading
 from bisect import bisect_left
@@ -223,16 +224,17 @@ class Latency:
         return latency
 
     def add(self, other):
+        # Every commit's tally is added on the tracker's thread, under the GIL: the cells are
+        # summed by map() in C (all of a cell adds up, but its max).
+        cells = self.cells
         for key, theirs in other.cells.items():
-            cell = self.cells.get(key)
+            cell = cells.get(key)
             if cell is None:
-                self.cells[key] = list(theirs)
+                cells[key] = list(theirs)
                 continue
-            for i in range(_BUCKETS + 2):
-                cell[i] += theirs[i]
-            cell[_MAX] = max(cell[_MAX], theirs[_MAX])
-            cell[_4XX] += theirs[_4XX]
-            cell[_5XX] += theirs[_5XX]
+            summed = list(map(operator.add, cell, theirs))
+            summed[_MAX] = max(cell[_MAX], theirs[_MAX])
+            cells[key] = summed
         return self
 
     def apply(self, meta):

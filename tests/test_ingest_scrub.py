@@ -122,3 +122,10 @@ def test_body_check_never_misses_a_card_among_escapes_and_near_misses():
         if any(scrub_text(text) != text for text in texts) and not body_may_hold_cards(body):
             missed.append(texts)
     assert missed == []
+
+
+def test_body_check_finds_a_card_spelled_with_unicode_escapes():
+    body = b'[{"service": "api", "message": "card \\u0034\\u0031\\u0031\\u0031 1111 1111 1111"}]'
+    assert scrub_text(orjson.loads(body)[0]["message"]) == "card [Filtered]"
+    assert body_may_hold_cards(body)
+    assert not body_may_hold_cards(b'[{"service": "api", "message": "path C:\\\\temp\\\\4111"}]')

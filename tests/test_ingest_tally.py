@@ -48,6 +48,13 @@ def test_tally_from_dicts_equals_tally_from_stored_rows(batch):
     assert from_dicts.latency.count > 0
 
 
+def test_tallies_of_interleaved_halves_add_up():
+    # The same cells in both halves: counts, sums, 4xx and 5xx add up, the max is the larger.
+    rows, metadatas = decoded(entries() + UNUSUAL)
+    total = Tally.of_rows(rows[::2], metadatas[::2]).add(Tally.of_rows(rows[1::2], metadatas[1::2]))
+    assert same(total, Tally.of_rows(rows, metadatas))
+
+
 def test_tallies_add_up():
     rows, metadatas = decoded(entries() + UNUSUAL)
     half = len(rows) // 2
