@@ -160,7 +160,7 @@ class TemplateMiner:
     # sending text that is not logging; new shapes then group by exact masked text.
     max_clusters = 5000
     # Masked texts remembered with the cluster they joined unchanged (see add), at most.
-    max_remembered = 10_000
+    max_remembered = 2000
 
     def __init__(self):
         self._clusters = {}     # id -> _Cluster, in creation order
