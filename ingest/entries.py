@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 import orjson
 
 from .scrub import has_sensitive_key, may_hold_card, scrub_text, scrub_value
+from .timestamps import format_ts  # noqa: F401 (most modules import it from here)
 from .wire import WireEntry
 
 LEVELS = ("debug", "info", "warn", "error", "critical")
@@ -43,13 +44,6 @@ class Limits:
     def from_settings(cls, settings):
         return cls(settings["max_message_bytes"], settings["max_metadata_bytes"],
                    settings["max_metadata_depth"], settings["max_future_s"], settings["scrub"])
-
-
-def format_ts(moment):
-    """UTC, millisecond precision, so timestamps sort as text."""
-    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (
-        moment.year, moment.month, moment.day, moment.hour, moment.minute,
-        moment.second, moment.microsecond // 1000)
 
 
 def _from_epoch(number):

@@ -1,7 +1,5 @@
 """Bearer tokens, compared in constant time; failed attempts become rate-limited security events."""
 import hmac
-import os
-import secrets
 import threading
 import time
 
@@ -9,30 +7,10 @@ from flask import request
 
 from .errors import ApiError
 from . import jsonlog
+from .token_files import (  # noqa: F401 (kept importable from here)
+    ADMIN_TOKEN_FILE, DEV_TOKEN_FILE, SESSION_SECRET_FILE, ensure_dev_token)
 
-DEV_TOKEN_FILE = "dev-token"
-ADMIN_TOKEN_FILE = "dev-admin-token"
-SESSION_SECRET_FILE = "session-secret"
 SESSION_COOKIE = "ds_actor"  # Datasette's login cookie: one login for Datasette and the sidecar's pages
-
-
-def ensure_dev_token(data_dir, filename=DEV_TOKEN_FILE):
-    """A local dev token: generated once, kept in `<data_dir>/<filename>` (mode 0600)."""
-    path = os.path.join(data_dir, filename)
-    os.makedirs(data_dir, exist_ok=True)
-    try:
-        with open(path) as handle:
-            token = handle.read().strip()
-        if token:
-            return token
-    except FileNotFoundError:
-        pass
-    prefixes = {ADMIN_TOKEN_FILE: "dev-admin-", SESSION_SECRET_FILE: ""}
-    token = prefixes.get(filename, "dev-") + secrets.token_urlsafe(32 if filename == SESSION_SECRET_FILE else 24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token + "\n")
-    return token
 
 
 class TokenChecker:

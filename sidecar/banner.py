@@ -2,7 +2,7 @@
 import os
 import sys
 
-from .auth import ADMIN_TOKEN_FILE, DEV_TOKEN_FILE, ensure_dev_token
+from .token_files import ADMIN_TOKEN_FILE, DEV_TOKEN_FILE, ensure_dev_token
 
 
 def print_banner(settings, addresses, stream=None):

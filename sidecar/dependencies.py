@@ -18,7 +18,7 @@ import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from ingest.entries import format_ts
+from ingest.timestamps import format_ts
 
 from . import jsonlog
 from .settings import SettingsError

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import orjson
 
-from ingest.entries import format_ts
+from ingest.timestamps import format_ts
 
 _lock = threading.Lock()
 dropped_lines = 0

@@ -165,6 +165,26 @@ def test_gunicorn_conf_chooses_multiprocess_mode_before_prometheus_client_is_imp
     assert os.path.dirname(path) == os.path.join(data_dir, "prometheus") and os.path.isdir(path)
 
 
+def test_gunicorn_master_stays_without_flask(tmp_path):
+    # What the master imports before it forks stays in the worker as well, and the benchmarks'
+    # RSS counts it in both processes: the master's hooks (the boot mark, the banner with the
+    # dev token) need neither Flask nor the app's other dependencies.
+    script = (
+        "import runpy, sys\n"
+        "runpy.run_path('gunicorn.conf.py')\n"
+        "from sidecar import banner, boot\n"
+        "banner.print_banner({'host': '127.0.0.1', 'port': 1, 'data_dir': sys.argv[1], 'ingest_tokens': [],\n"
+        "                     'admin_tokens': [], 'datasette_password_hash': ''}, ['http://127.0.0.1:1'])\n"
+        "print(sorted(m for m in ('flask', 'werkzeug', 'msgspec', 'datasette') if m in sys.modules))\n")
+    env = {key: val for key, val in os.environ.items() if not key.startswith(("SIDECAR_", "PROMETHEUS_"))}
+    env["SIDECAR_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "data")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "ingest token: dev-" in result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_metrics_dir_is_fresh_per_start_and_drops_dead_servers(tmp_path, monkeypatch):
     from sidecar import metrics_dir
     monkeypatch.delenv(metrics_dir.ENV, raising=False)
