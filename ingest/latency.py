@@ -105,12 +105,14 @@ FROM (
 """.format(max_route=MAX_ROUTE_CHARS, bucket=_BUCKET_SQL)
 
 
+def _status_number(status):
+    """The number of a status that is not an int: a string of digits, else 0 (not counted)."""
+    return int(status) if type(status) is str and status.isdigit() else 0
+
+
 def _status_class(status):
-    if type(status) is str and status.isdigit():
-        status = int(status)
-    if type(status) is int and 100 <= status < 600:
-        return status // 100
-    return None
+    number = status if type(status) is int else _status_number(status)
+    return number // 100 if 100 <= number < 600 else None
 
 
 class Latency:
@@ -179,12 +181,14 @@ class Latency:
             if duration > cell[_MAX]:
                 cell[_MAX] = duration
             status = metadata.get("status")
-            if status is not None:
-                status_class = _status_class(status)
-                if status_class == 5:
-                    cell[_5XX] += 1
-                elif status_class == 4:
-                    cell[_4XX] += 1
+            if status is None:
+                continue
+            if type(status) is not int:  # the common case, a number, without a call
+                status = _status_number(status)
+            if 500 <= status < 600:
+                cell[_5XX] += 1
+            elif 400 <= status < 500:
+                cell[_4XX] += 1
         return self
 
     def add_rows(self, rows):

@@ -208,3 +208,13 @@ def test_the_docs_show_the_p95_query_as_tested():
         with open(path) as handle:
             docs += handle.read()
     assert latency.P95_SQL.strip() in docs
+
+
+@pytest.mark.parametrize("status, counted", [  # (4xx, 5xx), as the catch-up's SQL counts them
+    (404, (1, 0)), (503, (0, 1)), ("503", (0, 1)), ("404", (1, 0)), (200, (0, 0)),
+    (True, (0, 0)), (500.0, (0, 0)), ("5O3", (0, 0)), ("", (0, 0)), (700, (0, 0)), (99, (0, 0)), ([500], (0, 0)),
+])
+def test_only_whole_numbers_and_digit_strings_are_status_classes(status, counted):
+    row = ("2026-01-01T00:00:00.000Z", "info", "api")
+    (cell,) = latency.Latency().add_decoded([row], [{"duration_ms": 1, "status": status}]).cells.values()
+    assert (cell[latency._4XX], cell[latency._5XX]) == counted

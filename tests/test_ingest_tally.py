@@ -37,6 +37,9 @@ UNUSUAL = [
     {"service": "web", "message": "m", "timestamp": TS, "metadata": {"duration_ms": None}},
     {"service": "web", "message": "m", "timestamp": TS, "metadata": {}},
     {"service": "sidecar.probe", "message": "not counted in volume", "timestamp": TS},
+    # statuses that are not counted as 4xx or 5xx
+    *[{"service": "web", "message": "m", "timestamp": TS, "metadata": {"duration_ms": 1, "status": status}}
+      for status in (True, 500.0, "5O3", 700, 99, "", None, [500])],
 ]
 
 
