@@ -29,7 +29,8 @@ _MASKS = [
     (r"[-+]?\[(?:Filtered|REDACTED|Redacted|redacted)\]", "[", False),
     (r"(?<![\w+.-])[a-zA-Z][a-zA-Z0-9+.-]*://[^\s,;\"'<>)\]]*", "://", False),                  # URL
     (r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[a-zA-Z]{2,}\b", "@", False),                   # email
-    (r"\b{h}{{8}}-{h}{{4}}-{h}{{4}}-{h}{{4}}-{h}{{12}}\b".format(h=_HEX), "-", True, r"{h}{{8}}-{h}{{4}}-".format(h=_HEX)),  # UUID
+    (r"\b{h}{{8}}-{h}{{4}}-{h}{{4}}-{h}{{4}}-{h}{{12}}\b".format(h=_HEX), "-", True,
+     r"{h}{{8}}-{h}{{4}}-".format(h=_HEX)),                                                # UUID
     # ctime / syslog: "Sun Jul 24 03:15:55 2005", "Jul 24 03:15:55"
     (r"\b(?:{d},?\s+)?{m}\s+\d{{1,2}},?\s+(?:\d{{4}}\s+)?\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?"
      r"(?:\s+[A-Z]{{3,4}})?(?:\s+\d{{4}})?\b".format(d=_DAYS, m=_MONTHS), ":", True,
