@@ -160,8 +160,10 @@ class TemplateMiner:
     # Likewise for memory and meta.db: a service with more templates than this is
     # sending text that is not logging; new shapes then group by exact masked text.
     max_clusters = 5000
-    # Masked texts remembered with the cluster they joined unchanged (see add), at most.
+    # Masked texts remembered with the cluster they joined unchanged (see add): at most this
+    # many, each at most this long (a message may be 64 KiB), so about 1 MB a service at most.
     max_remembered = 2000
+    max_remembered_chars = 500
 
     def __init__(self):
         self._clusters = {}     # id -> _Cluster, in creation order
@@ -189,9 +191,10 @@ class TemplateMiner:
         cluster.size += 1
         merged = [mine if mine == theirs else WILDCARD for mine, theirs in zip(cluster.tokens, tokens)]
         if merged == cluster.tokens:
-            if len(self._joined) >= self.max_remembered:
-                self._joined.clear()
-            self._joined[masked] = cluster
+            if len(masked) <= self.max_remembered_chars:
+                if len(self._joined) >= self.max_remembered:
+                    self._joined.clear()
+                self._joined[masked] = cluster
             return cluster.id, False
         self._retemplate(cluster, merged)
         return cluster.id, True

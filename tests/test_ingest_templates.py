@@ -226,3 +226,17 @@ def test_a_remembered_join_is_forgotten_when_a_template_is_added():
     added, created = miner.add("user alice logged 42")  # "user alice logged <*>": no match, a new template
     assert created and added != general
     assert miner.add("user alice logged in")[0] == added  # (1.0, 3 words) beats (1.0, 2)
+
+
+def test_what_is_remembered_is_bounded():
+    miner = TemplateMiner()
+    miner.max_remembered = 3
+    long_text = "payload " + "word " * 200
+    for _ in range(2):
+        miner.add(long_text)  # joins its own template unchanged the second time, but too long to keep
+    assert miner._joined == {}
+    miner.add("job 1 state a1")
+    miner.add("job 2 state b2")  # "job <*> state <*>" from here on
+    for value in ("c3", "d4", "e5", "f6", "g7", "h8"):
+        assert miner.add("job 3 state " + value) == (miner.add("job 1 state a1")[0], False)
+        assert 0 < len(miner._joined) <= 3
