@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import orjson
 
 from .scrub import has_sensitive_key, may_hold_card, scrub_text, scrub_value
-from .timestamps import format_ts  # noqa: F401 (most modules import it from here)
+from .timestamps import format_ts
 from .wire import WireEntry
 
 LEVELS = ("debug", "info", "warn", "error", "critical")

@@ -17,8 +17,9 @@ from retention.schedule import Scheduler, run_lock
 
 from . import jsonlog
 from .dependencies import DependencyMonitor
-from .auth import ADMIN_TOKEN_FILE, SESSION_SECRET_FILE, ReaderAuth, TokenChecker, ensure_dev_token
+from .auth import ReaderAuth, TokenChecker
 from .settings import is_loopback, level_days, load_settings
+from .token_files import ADMIN_TOKEN_FILE, SESSION_SECRET_FILE, ensure_dev_token
 
 
 class Sidecar:

@@ -7,8 +7,6 @@ from flask import request
 
 from .errors import ApiError
 from . import jsonlog
-from .token_files import (  # noqa: F401 (kept importable from here)
-    ADMIN_TOKEN_FILE, DEV_TOKEN_FILE, SESSION_SECRET_FILE, ensure_dev_token)
 
 SESSION_COOKIE = "ds_actor"  # Datasette's login cookie: one login for Datasette and the sidecar's pages
 

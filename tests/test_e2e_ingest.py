@@ -188,7 +188,7 @@ def test_dev_token_is_generated_once_and_printed(data_dir, tmp_path):
     output = log_path.read_text()
     assert "ingest token: " + token in output and "curl -sS -X POST {}/api/logs".format(url) in output
     assert os.stat(os.path.join(data_dir, "dev-token")).st_mode & 0o077 == 0
-    from sidecar.auth import ensure_dev_token
+    from sidecar.token_files import ensure_dev_token
     assert ensure_dev_token(data_dir) == token  # kept, not generated again
 
 
