@@ -69,7 +69,11 @@ def immediate(con):
 
 
 def allocate(con, data_dir, day, created_at):
-    """Reserve the next never-used segment name for `day` and record it as open."""
+    """Reserve the next never-used segment name for `day`, record it as open, and lock it.
+
+    Returns (name, lock). The lock is taken before the name is committed, so whoever reads the
+    row finds it held until the file exists (see sync_with_files).
+    """
     directory = segments.segments_dir(data_dir)
     with immediate(con):
         seq, = con.execute("SELECT coalesce(max(seq), 0) FROM segments WHERE day = ?", (day,)).fetchone()
@@ -77,9 +81,16 @@ def allocate(con, data_dir, day, created_at):
                    if parsed and parsed[0] == day]
         seq = max([seq] + on_disk) + 1
         name = segments.segment_name(day, seq)
-        con.execute("INSERT INTO segments (name, day, seq, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                    (name, day, seq, created_at, created_at))
-    return name
+        lock = segments.SegmentLock(os.path.join(directory, name))
+        if not lock.acquire():  # a name is allocated once, so nobody else can hold it
+            raise RuntimeError("segment {} is locked by another process".format(name))
+        try:
+            con.execute("INSERT INTO segments (name, day, seq, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                        (name, day, seq, created_at, created_at))
+        except BaseException:
+            lock.release(remove=True)
+            raise
+    return name, lock
 
 
 def update_stats(con, name, stats, bytes_, now, closed=False):
@@ -107,6 +118,8 @@ def sync_with_files(con, data_dir, now):
             con.execute("INSERT OR IGNORE INTO segments (name, day, seq, created_at, updated_at) "
                         "VALUES (?, ?, ?, ?, ?)", (name, day, seq, now, now))
     for name in known - on_disk:
+        if segments.held_by_live_process(os.path.join(directory, name)):
+            continue  # allocated, and its file is being built by a live process (segments.create)
         with immediate(con):
             con.execute("DELETE FROM segments WHERE name = ?", (name,))
     return sorted(on_disk - known)

@@ -58,11 +58,18 @@ def _open_head(data_dir, name, lock, settings):
 
 
 def create_head(data_dir, meta, settings, now):
-    name = catalog.allocate(meta, data_dir, now.strftime("%Y-%m-%d"), format_ts(now))
-    path = os.path.join(segments.segments_dir(data_dir), name)
-    lock = segments.SegmentLock(path)
-    if not lock.acquire():  # a name is allocated once, so nobody else can hold it
-        raise RuntimeError("segment {} is locked by another process".format(name))
+    name, lock = catalog.allocate(meta, data_dir, now.strftime("%Y-%m-%d"), format_ts(now))
+    try:
+        segments.create(os.path.join(segments.segments_dir(data_dir), name))
+    except BaseException:
+        # A full disk fails every rotation attempt: none may leave a name without a file behind.
+        try:
+            with catalog.immediate(meta):
+                meta.execute("DELETE FROM segments WHERE name = ?", (name,))
+        except sqlite3.Error as error:  # the next start-up forgets it (no file)
+            log.warning("forgetting segment %s: %s", name, error)
+        lock.release(remove=True)
+        raise
     return _open_head(data_dir, name, lock, settings)
 
 
@@ -100,6 +107,7 @@ def recover_and_open_head(data_dir, meta, settings, now):
     now_text, today = format_ts(now), now.strftime("%Y-%m-%d")
     with startup_lock(data_dir):
         catalog.ensure_schema(meta)
+        segments.remove_unfinished(segments.segments_dir(data_dir))
         catalog.sync_with_files(meta, data_dir, now_text)
         head = None
         for name in catalog.open_segments(meta):

@@ -4,6 +4,9 @@ A segment is `segments/logs-<UTC date>-<seq>.db`. The process that writes a
 segment holds an exclusive flock on `<name>.lock` for as long as it may
 write; a segment that is open in the catalog but whose lock is free belongs
 to a process that died, and may be adopted or closed by another.
+
+A new segment is built under `<name>.new` and renamed into place once its
+schema is committed, so a reader that finds `<name>` finds its tables too.
 """
 import fcntl
 import os
@@ -15,6 +18,7 @@ import time
 from . import schema
 
 CLOSING_CACHE_KIB = 2048
+NEW_SUFFIX = ".new"
 NAME_PATTERN = re.compile(r"^logs-(\d{4}-\d{2}-\d{2})-(\d{4,})\.db$")
 
 
@@ -72,9 +76,55 @@ class SegmentLock:
         self.fd = None
 
 
+def held_by_live_process(path):
+    """Whether a live process holds the lock of a segment that has no file (yet)."""
+    lock = SegmentLock(path)
+    if not lock.acquire():
+        return True
+    lock.release(remove=True)  # only ever asked at start-up, about a name nobody writes
+    return False
+
+
+def remove_unfinished(directory):
+    """Remove segments whose creation was cut short (`<name>.new` with no live creator)."""
+    for name in os.listdir(directory):
+        if name.endswith(NEW_SUFFIX) and not held_by_live_process(os.path.join(directory, name[:-len(NEW_SUFFIX)])):
+            _remove_database(os.path.join(directory, name))
+
+
+def _remove_database(path):
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.remove(path + suffix)
+        except FileNotFoundError:
+            pass
+
+
 # Once the head's WAL holds this much since it last started over, the commit that took it
 # there checkpoints (see open_for_writing).
 WAL_RESTART_BYTES = 32 * 1024 * 1024
+
+
+def create(path):
+    """Create an empty segment at `path`, schema and all, in one rename."""
+    building = path + NEW_SUFFIX
+    _remove_database(building)  # left by a creation cut short
+    con = sqlite3.connect(building, isolation_level=None)
+    try:
+        # Built with a rollback journal, so that everything is in the one file renamed below;
+        # WAL mode, set last, is a flag in the file's header.
+        con.execute("PRAGMA synchronous=FULL")
+        con.executescript("BEGIN;" + schema.SEGMENT_TABLES + schema.SEGMENT_INDEXES
+                          + "".join(statement + ";" for statement in schema.FTS_TUNING) + "COMMIT;")
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+    os.rename(building, path)
+    directory = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def open_for_writing(path, synchronous="full", cache_bytes=8 * 1024 * 1024):

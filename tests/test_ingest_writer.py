@@ -249,6 +249,85 @@ def test_a_deleted_segment_leaves_the_catalog(make_writer, data_dir, clock):
     assert oldest not in [row["name"] for row in catalog_rows(data_dir)]
 
 
+def test_a_segment_file_never_shows_without_its_tables(make_writer, data_dir, clock):
+    # A reader (Datasette, search, a backup) that finds a segment file must find its schema.
+    writer = make_writer(segment_max_bytes=20_000)
+    directory = os.path.join(data_dir, "segments")
+    seen, bare, stop = set(), [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            for name in os.listdir(directory):
+                if name.endswith(".db") and name not in seen:
+                    con = sqlite3.connect("file:{}?mode=ro".format(os.path.join(directory, name)), uri=True)
+                    if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'logs'").fetchone():
+                        seen.add(name)
+                    else:
+                        bare.append(name)
+                    con.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for i in range(30):
+            write(writer, make_rows(100, clock, start=i * 100))
+    finally:
+        stop.set()
+        watcher.join()
+    assert len(catalog_rows(data_dir)) >= 10 and bare == []
+
+
+def test_a_segment_cut_short_while_being_created_is_forgotten(make_writer, data_dir, clock):
+    make_writer().stop()
+    meta = catalog.connect_meta(data_dir)
+    name, lock = catalog.allocate(meta, data_dir, "2026-03-01", format_ts(clock()))
+    meta.close()
+    unfinished = os.path.join(data_dir, "segments", name + ".new")
+    with open(unfinished, "wb") as handle:
+        handle.write(b"SQLite format 3\x00")  # the process died while building the file
+    lock.release()
+    writer = make_writer()
+    assert not os.path.exists(unfinished)
+    assert name not in [row["name"] for row in catalog_rows(data_dir)][:-1]
+    write(writer, make_rows(2, clock))
+    assert len(stored_rows(data_dir)) == 2
+
+
+def test_a_name_a_live_process_is_creating_stays_in_the_catalog(make_writer, data_dir, clock):
+    make_writer().stop()
+    meta = catalog.connect_meta(data_dir)
+    name, lock = catalog.allocate(meta, data_dir, "2026-03-01", format_ts(clock()))  # no file yet
+    meta.close()
+    try:
+        make_writer()  # another process starting up meanwhile
+        assert name in [row["name"] for row in catalog_rows(data_dir)]
+    finally:
+        lock.release()
+
+
+def test_a_failed_rotation_leaves_no_name_behind(make_writer, data_dir, clock):
+    writer = make_writer(segment_max_bytes=20_000)
+    for i in range(3):
+        write(writer, make_rows(100, clock, start=i * 100))
+    names = [row["name"] for row in catalog_rows(data_dir)]
+    day, seq = names[-1][5:15], int(names[-1][16:20])
+    # Something in the way of the next segment's file, as a full disk would be.
+    blocker = os.path.join(data_dir, "segments", "logs-{}-{:04d}.db.new".format(day, seq + 1))
+    os.mkdir(blocker)
+    failures = 0
+    for i in range(3, 6):
+        batch = writer.submit(Batch(make_rows(100, clock, start=i * 100)))
+        assert batch.done.wait(10)
+        failures += batch.error is not None
+    assert failures >= 1 and writer.unavailable_reason
+    assert [row["name"] for row in catalog_rows(data_dir)] == names
+    os.rmdir(blocker)
+    write(writer, make_rows(100, clock, start=600))
+    assert writer.unavailable_reason is None
+    assert [row["name"] for row in catalog_rows(data_dir)][:len(names)] == names
+    assert len(stored_rows(data_dir)) == 400 + 100 * (3 - failures)
+
+
 def test_write_failure_is_reported_and_recovers(make_writer, data_dir, clock):
     writer = make_writer()
     write(writer, make_rows(2, clock))
