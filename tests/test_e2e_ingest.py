@@ -237,6 +237,33 @@ def test_a_worker_caps_malloc_arenas_and_hands_large_blocks_back(tmp_path):
     assert 2 <= heaps <= 8 and mmapped == 1
 
 
+def test_a_worker_keeps_a_request_s_worth_of_freed_memory(tmp_path):
+    # A request thread frees its body and what was made from it (blocks under the 1 MiB mmap
+    # threshold): the next request must find them in the arena, not fault fresh pages in.
+    script = (
+        "import ctypes, ctypes.util, resource, runpy, threading\n"
+        "conf = runpy.run_path('gunicorn.conf.py')\n"
+        "conf['post_fork'](None, None)\n"
+        "libc = ctypes.CDLL(ctypes.util.find_library('c'))\n"
+        "libc.malloc.restype = ctypes.c_void_p\n"
+        "libc.free.argtypes = [ctypes.c_void_p]\n"
+        "libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]\n"
+        "def request():\n"
+        "    blocks = [libc.malloc(256 << 10) for _ in range(12)]\n"
+        "    for block in blocks: libc.memset(block, 1, 256 << 10)\n"
+        "    for block in reversed(blocks): libc.free(block)\n"
+        "faults = []\n"
+        "def thread():\n"
+        "    request()\n"
+        "    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt\n"
+        "    request()\n"
+        "    faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)\n"
+        "worker = threading.Thread(target=thread); worker.start(); worker.join()\n"
+        "print(faults[0])\n")
+    faults = int(_run_worker_hook_script(script, tmp_path))
+    assert faults < 100  # 3 MiB faulted in afresh would be 768 pages
+
+
 def test_a_worker_stops_sqlite_counting_its_memory(tmp_path):
     # What post_fork does to SQLite, in a fresh interpreter as in a worker: its memory statistics
     # (a process-wide mutex taken on every allocation) are off, and SQLite still works.
