@@ -32,8 +32,11 @@ VARIANTS = [
     # name, FTS5 options, tuning statements, feed FTS5
     ("FTS5 defaults", "content='logs', content_rowid='id'", (), True),
     ("columnsize=0", FTS_DEFAULT, (), True),
-    ("columnsize=0, automerge=16", FTS_DEFAULT, schema.FTS_TUNING[:1], True),
-    ("the schema: + crisismerge=64", FTS_DEFAULT, schema.FTS_TUNING, True),
+    ("columnsize=0, automerge=16", FTS_DEFAULT, ("INSERT INTO logs_fts(logs_fts, rank) VALUES ('automerge', 16)",),
+     True),
+    ("+ crisismerge=64", FTS_DEFAULT, ("INSERT INTO logs_fts(logs_fts, rank) VALUES ('automerge', 16)",
+                                       schema.FTS_TUNING[1]), True),
+    ("the schema: automerge=32, crisismerge=64", FTS_DEFAULT, schema.FTS_TUNING, True),
     ("no FTS5 feed (reference)", FTS_DEFAULT, (), False),
 ]
 

@@ -39,15 +39,16 @@ CREATE TABLE IF NOT EXISTS batches (
 """
 
 # FTS5 tuning, kept in the file (logs_fts_config). Each commit adds a small FTS5 segment and
-# automerge folds them together; merging 16 at a time instead of 4 rewrites each posting
-# fewer times. A level that reaches `crisismerge` segments is merged at once, inside the
-# commit that tips it: at FTS5's default (16) that is as often as automerge=16 falls
-# behind, and those commits made the p99 (60 ms against 48 at 2,000-row commits); at 64
-# it stays incremental. With columnsize=0 no per-row size record is written (only bm25()
-# would read it; nothing here ranks). Together: about 2 µs an entry (13%) less writer CPU,
-# and a lookup in a 500k-row segment 0.43 ms instead of 0.30 (bench/segment_write.py).
+# automerge folds them together; merging 32 at a time instead of 4 rewrites each posting
+# fewer times. At 32, 1000-row commits make level-1 segments of 32k rows, and a 256 MiB head
+# (about 420k rows) never reaches the next level: at 16 it did, after 256k rows, and the
+# commits that carried that merge made the head's second half slower (commit p90 48 ms
+# against 24 at 32; bench/segment_write.py). A level that reaches `crisismerge` segments is
+# merged at once, inside the commit that tips it, so it stays above automerge (64; at 64 =
+# automerge, commits of 110-190 ms). With columnsize=0 no per-row size record is written
+# (only bm25() would read it; nothing here ranks).
 FTS_TUNING = (
-    "INSERT INTO logs_fts(logs_fts, rank) VALUES ('automerge', 16)",
+    "INSERT INTO logs_fts(logs_fts, rank) VALUES ('automerge', 32)",
     "INSERT INTO logs_fts(logs_fts, rank) VALUES ('crisismerge', 64)",
 )
 

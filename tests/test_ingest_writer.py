@@ -151,12 +151,12 @@ def test_every_column_is_stored_as_given(make_writer, data_dir, clock, text):
 
 def test_full_text_index_settings_and_integrity(make_writer, data_dir, clock):
     writer = make_writer()
-    for i in range(20):  # 20 commits: 20 small FTS5 segments for automerge to fold
+    for i in range(40):  # 40 commits: 40 small FTS5 segments for automerge to fold
         write(writer, make_rows(10, clock, start=i * 10))
     assert writer.delete_entries(writer.head.name, [3, 4], "api") == 2
     con = sqlite3.connect(writer.head.path)
     config = dict(con.execute("SELECT k, v FROM logs_fts_config"))
-    assert config["automerge"] == 16 and config["crisismerge"] == 64
+    assert config["automerge"] == 32 and config["crisismerge"] == 64
     assert "columnsize=0" in con.execute("SELECT sql FROM sqlite_master WHERE name = 'logs_fts'").fetchone()[0]
     con.execute("INSERT INTO logs_fts(logs_fts, rank) VALUES ('integrity-check', 1)")  # raises if the index is off
     assert con.execute("SELECT count(*) FROM logs_fts WHERE logs_fts MATCH 'm150 OR m3'").fetchone() == (1,)
