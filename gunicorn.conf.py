@@ -89,7 +89,7 @@ def _tune_malloc():
     # straight back to the system: the RSS stays that of 2 arenas. Fixing it also fixes the trim
     # threshold at 128 KiB, so each request's body and the blocks made from it went back to the
     # system when freed and were faulted in afresh by the next request: 18,000 page faults a
-    # second, 6% of the server's ingest (docs/benchmarks.md, 2026-12-03, late). An arena now
+    # second, about 5% of the server's ingest (docs/benchmarks.md, 2026-12-03, late). An arena now
     # keeps up to 4 MiB free at its top.
     import ctypes
     import ctypes.util
