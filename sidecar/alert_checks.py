@@ -227,6 +227,10 @@ def retention_budget_drop(ctx, rule, position):
     return _sidecar_events(ctx, "retention.budget_drop", position)
 
 
+def backup_failed(ctx, rule, position):
+    return _sidecar_events(ctx, "backup.failed", position)
+
+
 def initial_position(meta, kind, now):
     """Where a new cursor starts: groups and regressions from now on; sidecar events of the
     last 10 minutes too (a cold start is recorded while the process starts, maybe before this)."""
@@ -244,9 +248,10 @@ def initial_position(meta, kind, now):
 STATE_CHECKS = {"error_rate": error_rate, "latency_p95": latency_p95, "disk_budget": disk_budget,
                 "memory": memory, "health": health, "uptime_down": uptime_down, "cert_expiry": cert_expiry}
 EVENT_CHECKS = {"new_error_group": new_error_group, "regression": regression, "cold_start": cold_start,
-                "retention_budget_drop": retention_budget_drop}
+                "retention_budget_drop": retention_budget_drop, "backup_failed": backup_failed}
 NOUNS = {"new_error_group": ("new error group", "new error groups"),
          "regression": ("regressed error group", "regressed error groups"),
          "cold_start": ("cold start", "cold starts"),
          "retention_budget_drop": ("segment dropped to keep the disk budget",
-                                   "segments dropped to keep the disk budget")}
+                                   "segments dropped to keep the disk budget"),
+         "backup_failed": ("failed backup", "failed backups")}

@@ -16,7 +16,7 @@ from .settings import SettingsError
 
 SEVERITIES = ("info", "warning", "error", "critical")
 LEVELS = ("debug", "info", "warn", "error", "critical")
-EVENT_KINDS = ("new_error_group", "regression", "cold_start", "retention_budget_drop")
+EVENT_KINDS = ("new_error_group", "regression", "cold_start", "retention_budget_drop", "backup_failed")
 COMMON_KEYS = ("name", "kind", "severity", "for_minutes", "cooldown_minutes", "channels", "enabled")
 TOP_KEYS = ("rules", "channels", "include_defaults")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -79,6 +79,7 @@ KINDS = {
     "health": {"status": (_choice("degraded", "unhealthy"), "degraded")},
     "cold_start": dict(_LISTED),
     "retention_budget_drop": dict(_LISTED),
+    "backup_failed": dict(_LISTED),
     "uptime_down": {"monitor": (_text_or_none, None)},
     "cert_expiry": {"threshold_days": (_number(0), 14), "monitor": (_text_or_none, None)},
 }
@@ -124,6 +125,7 @@ def builtin_rules(settings):
         {"name": "health", "kind": "health", "severity": "warning", "for_minutes": 5, "cooldown_minutes": 30},
         {"name": "cold_start", "kind": "cold_start", "severity": "warning"},
         {"name": "retention_budget_drop", "kind": "retention_budget_drop", "severity": "warning"},
+        {"name": "backup_failed", "kind": "backup_failed", "severity": "error"},
         {"name": "uptime_down", "kind": "uptime_down", "severity": "critical"},
         {"name": "cert_expiry", "kind": "cert_expiry", "severity": "warning", "threshold_days": 14},
     ]

@@ -13,7 +13,7 @@ import pytest
 from ingest import catalog
 from ingest.entries import format_ts
 from retention import job as retention_job
-from sidecar import create_app
+from sidecar import backup, create_app
 from sidecar.alert_delivery import redact_url, scrub
 from sidecar.alert_rules import load_rules
 from sidecar.alerts import AlertEngine, evaluation_lock
@@ -186,7 +186,8 @@ def test_builtin_rules_cover_every_kind():
     rules = load_rules(settings_with(), environ={})
     assert {rule.kind for rule in rules} == {"new_error_group", "regression", "error_rate", "latency_p95",
                                              "disk_budget", "memory", "health", "cold_start",
-                                             "retention_budget_drop", "uptime_down", "cert_expiry"}
+                                             "retention_budget_drop", "backup_failed", "uptime_down",
+                                             "cert_expiry"}
     disk = {rule.name: rule.params["threshold_percent"] for rule in rules if rule.kind == "disk_budget"}
     assert disk == {"disk_budget_warning": 80, "disk_budget_critical": 95}
     assert all(rule.channels == ("json://127.0.0.1:9/global",) for rule in rules)
@@ -457,6 +458,21 @@ def test_cold_start_and_budget_drop_events(make_app, receiver, data_dir):
         "[WARNING] cold_start: started with an empty data dir",
         "[WARNING] retention_budget_drop: 2 segments dropped to keep the disk budget"]
     assert [row["key"] for row in alerts(data_dir, "retention_budget_drop")] == ["2", "3"]
+
+
+def test_a_failed_backup_alerts_once(make_app, receiver, data_dir):
+    app, sidecar, clock = make_app(alert_urls=[receiver.url])
+
+    def store():  # as when boto3 rejects the configured endpoint or region
+        raise ValueError("Invalid endpoint: r2.example.com")
+
+    assert backup.run(data_dir, store, clock)["ok"] is False
+    evaluate(sidecar)
+    evaluate(sidecar)
+    assert receiver.titles == [
+        "[ERROR] backup_failed: backup to the bucket failed: ValueError: Invalid endpoint: r2.example.com"]
+    [row] = alerts(data_dir, "backup_failed")
+    assert row["state"] == "resolved"  # an event: fired and done; the next failure fires again
 
 
 # -- delivery ----------------------------------------------------------------------------------
