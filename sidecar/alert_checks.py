@@ -219,16 +219,13 @@ def _sidecar_events(ctx, kind, position):
     return events, str(rows[-1]["id"]) if rows else position
 
 
-def cold_start(ctx, rule, position):
-    return _sidecar_events(ctx, "sidecar.cold_start", position)
+# Rule kinds that fire on a row of sidecar_events, and the row type each one watches.
+SIDECAR_EVENT_TYPES = {"cold_start": "sidecar.cold_start", "retention_budget_drop": "retention.budget_drop",
+                       "backup_failed": "backup.failed"}
 
 
-def retention_budget_drop(ctx, rule, position):
-    return _sidecar_events(ctx, "retention.budget_drop", position)
-
-
-def backup_failed(ctx, rule, position):
-    return _sidecar_events(ctx, "backup.failed", position)
+def _sidecar_event_check(event_type):
+    return lambda ctx, rule, position: _sidecar_events(ctx, event_type, position)
 
 
 def initial_position(meta, kind, now):
@@ -247,8 +244,8 @@ def initial_position(meta, kind, now):
 
 STATE_CHECKS = {"error_rate": error_rate, "latency_p95": latency_p95, "disk_budget": disk_budget,
                 "memory": memory, "health": health, "uptime_down": uptime_down, "cert_expiry": cert_expiry}
-EVENT_CHECKS = {"new_error_group": new_error_group, "regression": regression, "cold_start": cold_start,
-                "retention_budget_drop": retention_budget_drop, "backup_failed": backup_failed}
+EVENT_CHECKS = {"new_error_group": new_error_group, "regression": regression,
+                **{kind: _sidecar_event_check(event_type) for kind, event_type in SIDECAR_EVENT_TYPES.items()}}
 NOUNS = {"new_error_group": ("new error group", "new error groups"),
          "regression": ("regressed error group", "regressed error groups"),
          "cold_start": ("cold start", "cold starts"),
