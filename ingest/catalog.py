@@ -57,6 +57,11 @@ def ensure_schema(con):
                 con.execute(statement)
 
 
+def is_busy(error):
+    """Is this sqlite3 error another connection holding the lock (SQLITE_BUSY)?"""
+    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+
+
 @contextmanager
 def immediate(con):
     con.execute("BEGIN IMMEDIATE")

@@ -205,7 +205,7 @@ class Checkpointer:
         self.wal_trigger_bytes, self.interval_s = wal_trigger_bytes, interval_s
         self._path, self._con = None, None
         self._cond = threading.Condition()
-        self._released = threading.Event()
+        self._releases = []  # Events of follow() calls, set once the file they left is closed here
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="sidecar-checkpointer", daemon=True)
 
@@ -214,14 +214,20 @@ class Checkpointer:
         self._thread.start()
         return self
 
-    def follow(self, path, timeout=5):
-        """Switch to a new head; return once the old one is no longer held open here
-        (closing a segment needs it to have no other connection)."""
+    def follow(self, path):
+        """Switch to a new head. Returns an Event set once the old one is no longer held open
+        here (closing a segment needs it to have no other connection).
+
+        The caller (the writer) does not wait for it: a checkpoint of the old head under way
+        takes up to a few hundred ms (its WAL copied back and synced), and the requests
+        queued behind the rotation would wait as long. The closer thread waits instead.
+        """
+        released = threading.Event()
         with self._cond:
             self._path = path
-            self._released.clear()
+            self._releases.append(released)
             self._cond.notify()
-        self._released.wait(timeout)
+        return released
 
     def stop(self):
         with self._cond:
@@ -233,16 +239,18 @@ class Checkpointer:
         current = None
         while True:
             with self._cond:
-                self._cond.wait(self.interval_s)
+                self._cond.wait_for(lambda: self._releases or self._stopping, self.interval_s)
                 path, stopping = self._path, self._stopping
+                releases, self._releases = self._releases, []
             if path != current or stopping:
                 if self._con is not None:
                     self._con.close()
                     self._con = None
                 current = None
-                self._released.set()
-                if stopping:
-                    return
+            for released in releases:
+                released.set()
+            if stopping:
+                return
             try:
                 if current is None:
                     self._con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

@@ -29,6 +29,11 @@ log = logging.getLogger("sidecar.writer")
 # thread's switch interval (5 ms); two stats a commit cost about 10% of throughput
 # (bench/ingest_threads.py). A small segment_max_bytes still checks every commit.
 SIZE_CHECK_SHARE = 32
+# The head's catalog row is refreshed without waiting for meta.db's write lock: another thread
+# (the error-group tracker's fold, a request's idempotency key) may hold it for tens of ms, and
+# every request queued behind the writer would wait as long. A busy catalog is tried again after
+# the next commit; after this many intervals without a refresh, the writer waits for it.
+CATALOG_WAIT_AFTER_INTERVALS = 10
 
 
 class QueueFull(Exception):
@@ -79,7 +84,12 @@ class _Call:
 CLOSER_NICENESS = 10
 
 
-def _close_in_background(data_dir, head, closed_at):
+# How long a closer waits for the checkpointer to let go of the old head (a checkpoint under
+# way); past it, finishing the segment retries leaving WAL mode (segments.finish).
+CHECKPOINTER_RELEASE_TIMEOUT_S = 5
+
+
+def _close_in_background(data_dir, head, closed_at, checkpointer_released):
     # Building a closed segment's indexes takes seconds of CPU; at a lower priority it takes
     # the cores the writer and request threads leave idle instead of delaying their requests
     # (the p99 of bench/ingest.py). Linux gives each thread its own nice value.
@@ -87,6 +97,7 @@ def _close_in_background(data_dir, head, closed_at):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CLOSER_NICENESS)
     except (AttributeError, OSError):
         pass
+    checkpointer_released.wait(CHECKPOINTER_RELEASE_TIMEOUT_S)
     recovery.close_segment(data_dir, head, closed_at)
 
 
@@ -105,6 +116,7 @@ class Writer:
         self._thread = None
         self.head = None  # recovery.Head
         self.meta = None
+        self._meta_nowait = None  # the same meta.db without a busy timeout: periodic catalog refreshes
         self.unavailable_reason = None
         self.last_commit_ms = None
         self.committed_entries = 0
@@ -119,7 +131,10 @@ class Writer:
     def start(self):
         os.makedirs(segments.segments_dir(self.data_dir), exist_ok=True)
         self.meta = catalog.connect_meta(self.data_dir)
+        self._meta_nowait = catalog.connect_meta(self.data_dir)
+        self._meta_nowait.execute("PRAGMA busy_timeout=0")
         self.head = recovery.recover_and_open_head(self.data_dir, self.meta, self.settings, self.clock())
+        self._catalog_updated = time.monotonic()  # recovery has just written the head's row
         self._keep_ids_past_watermark(self.head)
         self._head_full = segments.file_bytes(self.head.path) >= self.settings["segment_max_bytes"]
         self._checkpointer = segments.Checkpointer().start(self.head.path)
@@ -143,8 +158,9 @@ class Writer:
             self.head.con.close()
             self.head.lock.release()
             self.head = None
-        if self.meta:
-            self.meta.close()
+        for con in (self.meta, self._meta_nowait):
+            if con:
+                con.close()
 
     # -- request side ------------------------------------------------------
     @property
@@ -349,22 +365,27 @@ class Writer:
         self._update_catalog(force=True)
         self.head = new_head
         self._head_full = False
-        self._checkpointer.follow(new_head.path)
+        checkpointer_released = self._checkpointer.follow(new_head.path)
         closer = threading.Thread(target=_close_in_background, name="sidecar-closer",
-                                  args=(self.data_dir, head, format_ts(now)))
+                                  args=(self.data_dir, head, format_ts(now), checkpointer_released))
         closer.start()
         self._closers = [c for c in self._closers if c.is_alive()] + [closer]
 
     def _update_catalog(self, force=False):
         interval = self.settings["catalog_update_interval_ms"] / 1000
-        if not self._catalog_dirty or (not force and time.monotonic() - self._catalog_updated < interval):
+        since_update = time.monotonic() - self._catalog_updated
+        if not self._catalog_dirty or (not force and since_update < interval):
             return
+        wait = force or since_update >= interval * CATALOG_WAIT_AFTER_INTERVALS
         head = self.head
         try:
-            catalog.update_stats(self.meta, head.name, head.stats(),
+            catalog.update_stats(self.meta if wait else self._meta_nowait, head.name, head.stats(),
                                  segments.file_bytes(head.path), format_ts(self.clock()))
             self._catalog_dirty = False
             self._catalog_updated = time.monotonic()
+        except sqlite3.OperationalError as error:
+            if wait or not catalog.is_busy(error):
+                log.error("catalog update failed: %s", error)
         except sqlite3.Error as error:
             log.error("catalog update failed: %s", error)
 

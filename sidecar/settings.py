@@ -60,7 +60,7 @@ SETTINGS = (
     Setting("cache_bytes", 8 * MiB, "SQLite page cache of the head segment's writer connection. 8 MiB measured as fast as 16 MiB at 1M entries and 12 MB smaller (bench/ingest.py).", int),
     Setting("idempotency_ttl_s", 86400, "How long an `Idempotency-Key` is remembered.", int),
     Setting("request_timeout_s", 30, "How long a request waits for its batch to be committed before answering 503.", int),
-    Setting("catalog_update_interval_ms", 1000, "How often the writer refreshes its head segment's row in the catalog.", int),
+    Setting("catalog_update_interval_ms", 1000, "How often the writer refreshes its head segment's row in the catalog. A refresh that finds meta.db busy is skipped until the next commit; after 10 intervals without one, the writer waits for it.", int),
     Setting("scrub", True, "Replace values under sensitive keys (password, token, cookie, ...) and credit-card numbers with `[Filtered]` before storing. `false` turns it off.", bool),
     Setting("fingerprint_levels", ["error", "critical"], "Levels whose entries are fingerprinted into error groups (entries with an exception always are); add `warn` to group warnings too.", list),
     Setting("admin_tokens", [], "Comma-separated bearer tokens for the read and admin API (`/api/errors`, ...). Separate from ingest tokens: an ingest token never reads. None on loopback: a dev admin token is generated once into `<data_dir>/dev-admin-token`.", list),

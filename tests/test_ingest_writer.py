@@ -386,3 +386,85 @@ def test_a_reader_holding_the_wal_fails_no_write(make_writer, data_dir, clock, s
     assert wal_and_file_bytes(writer)[0] == wal_bytes_after
     assert writer.unavailable_reason is None
     assert len(stored_rows(data_dir)) == 61 * 200
+
+
+def catalog_row_count(data_dir):
+    return catalog_rows(data_dir)[0]["row_count"]
+
+
+def wait_until(condition, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+@pytest.fixture
+def meta_write_lock(data_dir):
+    """Another connection holding meta.db's write lock (as the error-group tracker's fold does)."""
+    con = sqlite3.connect(os.path.join(data_dir, "meta.db"), isolation_level=None)
+    yield con
+    if con.in_transaction:
+        con.execute("ROLLBACK")
+    con.close()
+
+
+def test_commits_never_wait_for_a_busy_catalog(make_writer, data_dir, clock, meta_write_lock):
+    writer = make_writer(catalog_update_interval_ms=200)
+    meta_write_lock.execute("BEGIN IMMEDIATE")
+    time.sleep(0.25)  # the head's catalog row is due for a refresh
+    for start in range(0, 30, 10):
+        write(writer, make_rows(10, clock, start))  # each one waits up to 10 s, not the busy timeout (60 s)
+    assert catalog_row_count(data_dir) == 0  # refreshes were skipped, not queued behind the lock
+    meta_write_lock.execute("ROLLBACK")
+    assert wait_until(lambda: catalog_row_count(data_dir) == 30)
+
+
+def test_a_catalog_busy_for_ten_intervals_is_waited_for(make_writer, data_dir, clock, meta_write_lock):
+    writer = make_writer(catalog_update_interval_ms=20)
+    meta_write_lock.execute("BEGIN IMMEDIATE")
+    write(writer, make_rows(10, clock))
+    time.sleep(0.3)  # more than 10 intervals without a refresh: the writer now waits for the lock
+    batch = writer.submit(Batch(make_rows(5, clock, 10), None, "{}"))
+    assert not batch.done.wait(0.5)
+    meta_write_lock.execute("ROLLBACK")
+    assert batch.done.wait(10) and batch.error is None
+    assert wait_until(lambda: catalog_row_count(data_dir) == 15)
+
+
+@pytest.fixture
+def checkpointer_stuck(monkeypatch):
+    """Holds the checkpointer thread inside its round (as a long checkpoint of the old head
+    would) until the test sets the returned `release` Event."""
+    inside, release = threading.Event(), threading.Event()
+    getsize = os.path.getsize
+
+    def held_getsize(path):
+        if threading.current_thread().name == "sidecar-checkpointer":
+            inside.set()
+            release.wait(30)
+        return getsize(path)
+
+    monkeypatch.setattr(os.path, "getsize", held_getsize)
+    assert inside.wait(10)
+    yield release
+    release.set()
+
+
+def test_a_rotation_does_not_wait_for_the_checkpointer(make_writer, data_dir, clock, request):
+    writer = make_writer()
+    write(writer, make_rows(2, clock))
+    release = request.getfixturevalue("checkpointer_stuck")
+    clock.moment += timedelta(minutes=2)  # 2026-03-02 00:01: the next write rotates
+    batch = writer.submit(Batch(make_rows(3, clock, 2), None, "{}"))
+    # Answered while the checkpointer still holds the old head (it used to wait up to 5 s for it).
+    assert batch.done.wait(4) and batch.error is None
+    first, second = catalog_rows(data_dir)
+    assert second["name"] == "logs-2026-03-02-0001.db"
+    assert first["closed_at"] is None  # its closer waits for the checkpointer to let go
+    release.set()
+    writer.wait_closers()
+    first, _ = catalog_rows(data_dir)
+    closed = sqlite3.connect(os.path.join(data_dir, "segments", first["name"]))
+    assert first["closed_at"] and closed.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    closed.close()
