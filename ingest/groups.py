@@ -112,57 +112,83 @@ def _fold(rows):
     return groups
 
 
-def _apply(meta, segment, fingerprint, group, now_text):
-    level, service, message, release, exception = group["latest"]
-    title, culprit, kind = describe(message, exception)
-    meta.execute(
-        "INSERT INTO error_groups (fingerprint, title, culprit, type, service, level, first_seen, last_seen, "
-        "count, status, status_changed_at, last_release) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'unresolved', ?, ?) "
-        "ON CONFLICT(fingerprint) DO UPDATE SET count = count + excluded.count, "
-        "first_seen = min(first_seen, excluded.first_seen), "
-        "title = CASE WHEN excluded.last_seen >= last_seen THEN excluded.title ELSE title END, "
-        "culprit = CASE WHEN excluded.last_seen >= last_seen THEN excluded.culprit ELSE culprit END, "
-        "level = CASE WHEN excluded.last_seen >= last_seen THEN excluded.level ELSE level END, "
-        "last_release = coalesce(CASE WHEN excluded.last_seen >= last_seen THEN excluded.last_release END, last_release), "
-        "last_seen = max(last_seen, excluded.last_seen)",
-        (fingerprint, title, culprit, kind, service, level, group["first"], group["last"], group["count"],
-         now_text, release))
-    meta.execute("INSERT INTO error_stored VALUES (?, ?, ?) ON CONFLICT(segment, fingerprint) "
-                 "DO UPDATE SET count = count + excluded.count", (segment, fingerprint, group["count"]))
-    meta.execute("UPDATE error_groups SET events_stored = events_stored + ? WHERE fingerprint = ?",
-                 (group["count"], fingerprint))
-    meta.executemany("INSERT OR IGNORE INTO error_group_users VALUES (?, ?)",
-                     [(fingerprint, user) for user in group["users"]])
-    meta.executemany("INSERT INTO error_group_hours VALUES (?, ?, ?) ON CONFLICT(fingerprint, hour) "
-                     "DO UPDATE SET count = count + excluded.count",
-                     [(fingerprint, hour, count) for hour, count in group["hours"].items()])
-    if group["users"]:
-        meta.execute("UPDATE error_groups SET users_affected = (SELECT count(*) FROM error_group_users "
-                     "WHERE fingerprint = ?1) WHERE fingerprint = ?1", (fingerprint,))
-    # Workflow: a resolved group that gets an event received after its resolution has regressed;
-    # an ignored group wakes up after its N more events.
-    meta.execute(
-        "UPDATE error_groups SET status = 'unresolved', status_changed_at = ?2, regressed_at = ?2, "
-        "ignore_until_count = NULL, ignore_until = NULL WHERE fingerprint = ?1 AND status = 'resolved' "
-        "AND status_changed_at <= ?3", (fingerprint, now_text, group["received"]))
-    meta.execute(
-        "UPDATE error_groups SET status = 'unresolved', status_changed_at = ?2, ignore_until_count = NULL, "
-        "ignore_until = NULL WHERE fingerprint = ?1 AND status = 'ignored' AND ignore_until_count IS NOT NULL "
-        "AND count - count_at_ignore >= ignore_until_count", (fingerprint, now_text))
+# A fold's writes, one statement each over a JSON array of all its groups: meta.db's write lock
+# is held while they run, and a statement per group gave the GIL up and took it back a few
+# hundred times a fold. Under load each time could wait out a request thread's switch interval
+# (5 ms): the lock was held 80-190 ms a fold, and every request with an Idempotency-Key (the
+# client handler sends one) and the writer's catalog refresh waited behind it. The groups of one
+# fold have distinct fingerprints, so applying each step to all of them keeps each group's order.
+_GROUP_UPSERT = (
+    "INSERT INTO error_groups (fingerprint, title, culprit, type, service, level, first_seen, last_seen, "
+    "count, status, status_changed_at, last_release) SELECT value ->> 0, value ->> 1, value ->> 2, "
+    "value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8, 'unresolved', ?2, "
+    "value ->> 9 FROM json_each(?1) WHERE true "
+    "ON CONFLICT(fingerprint) DO UPDATE SET count = count + excluded.count, "
+    "first_seen = min(first_seen, excluded.first_seen), "
+    "title = CASE WHEN excluded.last_seen >= last_seen THEN excluded.title ELSE title END, "
+    "culprit = CASE WHEN excluded.last_seen >= last_seen THEN excluded.culprit ELSE culprit END, "
+    "level = CASE WHEN excluded.last_seen >= last_seen THEN excluded.level ELSE level END, "
+    "last_release = coalesce(CASE WHEN excluded.last_seen >= last_seen THEN excluded.last_release END, last_release), "
+    "last_seen = max(last_seen, excluded.last_seen)")
+_STORED_UPSERT = (
+    "INSERT INTO error_stored SELECT ?2, value ->> 0, value ->> 1 FROM json_each(?1) WHERE true "
+    "ON CONFLICT(segment, fingerprint) DO UPDATE SET count = count + excluded.count")
+_EVENTS_STORED = (
+    "UPDATE error_groups SET events_stored = events_stored + g.count "
+    "FROM (SELECT value ->> 0 AS fingerprint, value ->> 1 AS count FROM json_each(?1)) AS g "
+    "WHERE error_groups.fingerprint = g.fingerprint")
+_USERS = "INSERT OR IGNORE INTO error_group_users SELECT value ->> 0, value ->> 1 FROM json_each(?1)"
+_HOURS = (
+    "INSERT INTO error_group_hours SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1) WHERE true "
+    "ON CONFLICT(fingerprint, hour) DO UPDATE SET count = count + excluded.count")
+_USERS_AFFECTED = (
+    "UPDATE error_groups SET users_affected = (SELECT count(*) FROM error_group_users AS u "
+    "WHERE u.fingerprint = error_groups.fingerprint) WHERE fingerprint IN (SELECT value FROM json_each(?1))")
+# Workflow: a resolved group that gets an event received after its resolution has regressed;
+# an ignored group wakes up after its N more events.
+_REGRESSED = (
+    "UPDATE error_groups SET status = 'unresolved', status_changed_at = ?2, regressed_at = ?2, "
+    "ignore_until_count = NULL, ignore_until = NULL "
+    "FROM (SELECT value ->> 0 AS fingerprint, value ->> 1 AS received FROM json_each(?1)) AS g "
+    "WHERE error_groups.fingerprint = g.fingerprint AND status = 'resolved' AND status_changed_at <= g.received")
+_IGNORE_OVER = (
+    "UPDATE error_groups SET status = 'unresolved', status_changed_at = ?2, ignore_until_count = NULL, "
+    "ignore_until = NULL WHERE fingerprint IN (SELECT value FROM json_each(?1)) AND status = 'ignored' "
+    "AND ignore_until_count IS NOT NULL AND count - count_at_ignore >= ignore_until_count")
+
+
+def _group_writes(segment, groups, now_text):
+    """The statements that fold `groups` (from _fold) into meta.db: [(sql, params)], built
+    before the transaction so that it only runs them."""
+    upserts, stored, users, hours = [], [], [], []
+    for fingerprint, group in groups.items():
+        level, service, message, release, exception = group["latest"]
+        title, culprit, kind = describe(message, exception)
+        upserts.append((fingerprint, title, culprit, kind, service, level, group["first"], group["last"],
+                        group["count"], release))
+        stored.append((fingerprint, group["count"]))
+        users.extend((fingerprint, user) for user in group["users"])
+        hours.extend((fingerprint, hour, count) for hour, count in group["hours"].items())
+    if not upserts:
+        return []
+    with_users = sorted({fingerprint for fingerprint, _ in users})
+    received = [(fingerprint, group["received"]) for fingerprint, group in groups.items()]
+    writes = [(_GROUP_UPSERT, upserts, now_text), (_STORED_UPSERT, stored, segment), (_EVENTS_STORED, stored),
+              (_USERS, users), (_HOURS, hours), (_USERS_AFFECTED, with_users), (_REGRESSED, received, now_text),
+              (_IGNORE_OVER, list(groups), now_text)]
+    return [(sql, (orjson.dumps(values).decode(), *extra)) for sql, values, *extra in writes if values]
 
 
 def _fold_range(meta, name, low, high, rows, now_text, volume, latency=None):
     """Fold `rows` (the error rows with low < id <= high) and the `volume` (and `latency`) of all rows
     in that range, unless another process already did."""
+    writes = _group_writes(name, _fold(rows), now_text) + volume.writes() + (latency.writes() if latency else [])
     with catalog.immediate(meta):
         current = meta.execute("SELECT last_id FROM error_sync WHERE segment = ?", (name,)).fetchone()
         if (current[0] if current else 0) != low:
             return 0
-        for fingerprint, group in _fold(rows).items():
-            _apply(meta, name, fingerprint, group, now_text)
-        volume.apply(meta)
-        if latency is not None:
-            latency.apply(meta)
+        for sql, params in writes:
+            meta.execute(sql, params)
         meta.execute("INSERT OR REPLACE INTO error_sync VALUES (?, ?)", (name, high))
     return len(rows)
 

@@ -114,6 +114,17 @@ def _status_class(status):
     number = status if type(status) is int else _status_number(status)
     return number // 100 if 100 <= number < 600 else None
 
+_BUCKETS_UPSERT = (
+    "INSERT INTO latency_minute SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 "
+    "FROM json_each(?) WHERE true ON CONFLICT(minute, service, route, bucket) "
+    "DO UPDATE SET count = count + excluded.count")
+_TOTALS_UPSERT = (
+    "INSERT INTO latency_minute_totals SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, "
+    "value ->> 4, value ->> 5, value ->> 6, value ->> 7 FROM json_each(?) WHERE true "
+    "ON CONFLICT(minute, service, route) DO UPDATE SET count = count + excluded.count, "
+    "sum_ms = sum_ms + excluded.sum_ms, max_ms = max(max_ms, excluded.max_ms), "
+    "status_4xx = status_4xx + excluded.status_4xx, status_5xx = status_5xx + excluded.status_5xx")
+
 
 class Latency:
     """Latency counts of a run of entries, by (minute, service, route)."""
@@ -241,19 +252,19 @@ class Latency:
             cells[key] = summed
         return self
 
+    def writes(self):
+        """The statements that add these counts to the latency tables: [(sql, params)], one each
+        over a JSON array, built before the caller's transaction (see groups._fold_range)."""
+        buckets = [key + (bucket, count) for key, cell in self.cells.items()
+                   for bucket, count in enumerate(cell[:_BUCKETS]) if count]
+        totals = [key + tuple(cell[_BUCKETS:]) for key, cell in self.cells.items()]
+        return [(_BUCKETS_UPSERT, (orjson.dumps(buckets).decode(),)),
+                (_TOTALS_UPSERT, (orjson.dumps(totals).decode(),))]
+
     def apply(self, meta):
-        """Add these counts to the latency tables (inside the caller's transaction)."""
-        meta.executemany(
-            "INSERT INTO latency_minute VALUES (?, ?, ?, ?, ?) ON CONFLICT(minute, service, route, bucket) "
-            "DO UPDATE SET count = count + excluded.count",
-            [key + (bucket, count) for key, cell in self.cells.items()
-             for bucket, count in enumerate(cell[:_BUCKETS]) if count])
-        meta.executemany(
-            "INSERT INTO latency_minute_totals VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(minute, service, route) DO UPDATE SET count = count + excluded.count, "
-            "sum_ms = sum_ms + excluded.sum_ms, max_ms = max(max_ms, excluded.max_ms), "
-            "status_4xx = status_4xx + excluded.status_4xx, status_5xx = status_5xx + excluded.status_5xx",
-            [key + tuple(cell[_BUCKETS:]) for key, cell in self.cells.items()])
+        """Add these counts (inside the caller's transaction)."""
+        for sql, params in self.writes():
+            meta.execute(sql, params)
 
 
 class Accumulator:

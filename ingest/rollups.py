@@ -11,6 +11,8 @@ from collections import Counter
 from itertools import repeat
 from operator import getitem, itemgetter
 
+import orjson
+
 ROLLUP_TABLES = """
 CREATE TABLE IF NOT EXISTS volume_minute (
     minute TEXT NOT NULL, service TEXT NOT NULL, level TEXT NOT NULL, entries INTEGER NOT NULL,
@@ -26,6 +28,13 @@ _TS, _LEVEL, _SERVICE, _RECEIVED = 0, 1, 2, 13
 _MINUTE = slice(0, 16)  # "YYYY-MM-DDTHH:MM" of a stored timestamp
 # The deep health check's probe entries are deleted right after they are read back: not counted.
 PROBE_SERVICE = "sidecar.probe"
+
+_VOLUME_UPSERT = (
+    "INSERT INTO volume_minute SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?) WHERE true "
+    "ON CONFLICT(minute, service, level) DO UPDATE SET entries = entries + excluded.entries")
+_INGEST_UPSERT = (
+    "INSERT INTO ingest_minute SELECT value ->> 0, value ->> 1 FROM json_each(?) WHERE true "
+    "ON CONFLICT(minute) DO UPDATE SET entries = entries + excluded.entries")
 
 
 class Volume:
@@ -68,15 +77,16 @@ class Volume:
         self.received.update(other.received)
         return self
 
+    def writes(self):
+        """The statements that add these counts to the rollup tables: [(sql, params)], one each
+        over a JSON array, built before the caller's transaction (see groups._fold_range)."""
+        return [(_VOLUME_UPSERT, (orjson.dumps([key + (count,) for key, count in self.by_level.items()]).decode(),)),
+                (_INGEST_UPSERT, (orjson.dumps(list(self.received.items())).decode(),))]
+
     def apply(self, meta):
-        """Add these counts to the rollup tables (inside the caller's transaction)."""
-        meta.executemany(
-            "INSERT INTO volume_minute VALUES (?, ?, ?, ?) ON CONFLICT(minute, service, level) "
-            "DO UPDATE SET entries = entries + excluded.entries",
-            [(minute, service, level, count) for (minute, service, level), count in self.by_level.items()])
-        meta.executemany(
-            "INSERT INTO ingest_minute VALUES (?, ?) ON CONFLICT(minute) DO UPDATE SET entries = entries + excluded.entries",
-            list(self.received.items()))
+        """Add these counts (inside the caller's transaction)."""
+        for sql, params in self.writes():
+            meta.execute(sql, params)
 
 
 def prune(meta, before_minute):
