@@ -133,19 +133,21 @@ def post_worker_init(worker):
     _tune_gc()
 
 
-# Young collections at 20,000 net new containers (dicts, lists, tuples) instead of 700.
-GC_THRESHOLDS = (20_000, 10, 10)
+# Young collections at 100,000 net new containers (dicts, lists, tuples) instead of 700.
+GC_THRESHOLDS = (100_000, 10, 10)
 
 
 def _tune_gc():
     # Ingest makes and drops dicts, lists and tuples by the million, under the GIL. At the
     # default thresholds the cyclic GC ran two young collections a request and, with
     # batches alive while they wait for their commit, a full one every ~60 requests
-    # (48 ms each): 1.2 s of a 20 s run of 400k entries (bench/ingest_threads.py, GC timed
-    # with gc.callbacks). The objects of the loaded app are frozen out of its reach, and
-    # young collections come 30 times less often: request data holds no reference cycles
-    # and refcounting frees it; what cycles there are (tracebacks) are still collected.
-    # Measured the same way: 0.04 s.
+    # (48 ms each). The objects of the loaded app are frozen out of its reach. Young
+    # collections come at 100,000 net new containers: every collection holds the GIL, and
+    # so stops the writer and every request, for as long as it walks the batches in flight.
+    # At 20,000 a 1M-entry run of bench/ingest.py (4 clients) still had 16 of them, 20-55 ms
+    # each, 0.4-0.5 s in all (timed with gc.callbacks); at 100,000 it has none. Request data
+    # holds no reference cycles and refcounting frees it, so the count rarely grows that far;
+    # what cycles there are (tracebacks) are still collected, later.
     import gc
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -291,4 +291,4 @@ def test_a_worker_freezes_the_loaded_app_and_collects_young_objects_less_often(t
         "conf['post_worker_init'](object())\n"
         "print(gc.get_freeze_count(), *gc.get_threshold())\n")
     frozen, *thresholds = map(int, _run_worker_hook_script(script, tmp_path).split())
-    assert frozen > 1000 and thresholds == [20_000, 10, 10]
+    assert frozen > 1000 and thresholds == [100_000, 10, 10]
