@@ -83,11 +83,6 @@ class Volume:
         return [(_VOLUME_UPSERT, (orjson.dumps([key + (count,) for key, count in self.by_level.items()]).decode(),)),
                 (_INGEST_UPSERT, (orjson.dumps(list(self.received.items())).decode(),))]
 
-    def apply(self, meta):
-        """Add these counts (inside the caller's transaction)."""
-        for sql, params in self.writes():
-            meta.execute(sql, params)
-
 
 def prune(meta, before_minute):
     """Forget the minutes before `before_minute` (text, YYYY-MM-DDTHH:MM); return rows deleted."""
