@@ -10,7 +10,6 @@ kill -9, start-up catches up from the watermarks (`reconcile`).
 import logging
 import os
 import sqlite3
-import threading
 from collections import defaultdict
 
 import orjson
@@ -18,11 +17,9 @@ import orjson
 from . import catalog, segments
 from .latency import LATENCY_TABLES, Latency
 from .rollups import ROLLUP_TABLES, Volume
-from .tally import Tally
 
 log = logging.getLogger("sidecar.groups")
 STATUSES = ("unresolved", "resolved", "ignored")
-FOLD_INTERVAL_S = 1.0  # groups and rollups lag commits by at most this (plus one fold)
 
 GROUP_TABLES = """
 CREATE TABLE IF NOT EXISTS error_groups (
@@ -179,7 +176,7 @@ def _group_writes(segment, groups, now_text):
     return [(sql, (orjson.dumps(values).decode(), *extra)) for sql, values, *extra in writes if values]
 
 
-def _fold_range(meta, name, low, high, rows, now_text, volume, latency=None):
+def fold_range(meta, name, low, high, rows, now_text, volume, latency=None):
     """Fold `rows` (the error rows with low < id <= high) and the `volume` (and `latency`) of all rows
     in that range, unless another process already did."""
     writes = _group_writes(name, _fold(rows), now_text) + volume.writes() + (latency.writes() if latency else [])
@@ -218,7 +215,7 @@ def sync_segment(meta, data_dir, name, now_text):
         return 0
     finally:
         con.close()
-    return _fold_range(meta, name, low, high, rows, now_text, volume, latency)
+    return fold_range(meta, name, low, high, rows, now_text, volume, latency)
 
 
 def error_rows(first_id, rows):
@@ -277,102 +274,3 @@ def reconcile(meta, data_dir, now_text):
     for segment in gone:
         forget_segment(meta, segment)
     return folded
-
-
-class GroupTracker:
-    """The thread that folds each commit's error rows into the groups, off the writer's path.
-
-    The writer hands over the rows it committed, so a fold reads nothing back;
-    when the hand-over does not line up with the watermark (another process, a
-    restart), the rows are read from the segment instead.
-    """
-
-    def __init__(self, data_dir, clock, format_ts):
-        self.data_dir, self.clock, self.format_ts = data_dir, clock, format_ts
-        self._pending = {}  # segment -> [(first_id, rows)] handed over, in commit order
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._busy = False
-        self._flush_requested = False
-        self._thread = threading.Thread(target=self._run, name="sidecar-groups", daemon=True)
-        self._last_wake_check = None
-
-    def start(self):
-        self._thread.start()
-        return self
-
-    def notify(self, name, first_id=None, rows=None, tallies=None):
-        """Rows `rows` were committed to `name` from id `first_id` on, counted by `tallies`
-        (ingest/tally.py, one per batch); without rows, the segment is read back at the next fold."""
-        # Only the error rows and the tallies are held until the next fold.
-        handed = None if rows is None else (len(rows), error_rows(first_id, rows), tallies)
-        with self._cond:
-            self._pending.setdefault(name, []).append((first_id, handed))
-            self._cond.notify()
-
-    def stop(self):
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        self._thread.join(30)
-
-    def flush(self, timeout=10):
-        """Fold what was handed over now, without waiting for the interval, and wait for it
-        (tests, the deep health check, shutdown)."""
-        with self._cond:
-            self._flush_requested = True
-            self._cond.notify_all()
-            self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
-
-    def _fold_segment(self, meta, name, chunks, now_text):
-        low = watermark(meta, name)
-        if chunks and all(handed is not None for _, handed in chunks) and chunks[0][0] == low + 1:
-            expected, folded, total = low + 1, [], Tally()
-            for first_id, (count, errors, tallies) in chunks:
-                if first_id != expected:
-                    break
-                folded.extend(errors)
-                for tally in tallies:
-                    total.add(tally)
-                expected = first_id + count
-            else:
-                _fold_range(meta, name, low, expected - 1, folded, now_text, total.volume, total.latency)
-                return
-        sync_segment(meta, self.data_dir, name, now_text)
-
-    def _run(self):
-        meta = catalog.connect_meta(self.data_dir)
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._pending or self._stopping, 60)
-                pending, self._pending = self._pending, {}
-                self._busy = bool(pending)
-                stopping = self._stopping
-            now_text = self.format_ts(self.clock())
-            failed = False
-            for name in sorted(pending):
-                try:
-                    self._fold_segment(meta, name, pending[name], now_text)
-                except sqlite3.Error as error:
-                    log.error("folding %s into error groups: %s", name, error)
-                    failed = True
-                    self.notify(name)  # read it back from the segment next round
-            if now_text[:16] != self._last_wake_check:
-                self._last_wake_check = now_text[:16]
-                try:
-                    wake_expired_ignores(meta, now_text)
-                except sqlite3.Error as error:
-                    log.error("waking ignored groups: %s", error)
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
-            if stopping:
-                meta.close()
-                return
-            with self._cond:
-                # Fold about once a second: each fold costs a segment read, a meta.db transaction
-                # and statements per group, so under heavy ingest many commits share one
-                # (bench/ingest.py: 4 folds a second cost about 10% of throughput).
-                self._cond.wait_for(lambda: self._stopping or self._flush_requested,
-                                    1 if failed else FOLD_INTERVAL_S)
-                self._flush_requested = False

@@ -254,7 +254,7 @@ class Latency:
 
     def writes(self):
         """The statements that add these counts to the latency tables: [(sql, params)], one each
-        over a JSON array, built before the caller's transaction (see groups._fold_range)."""
+        over a JSON array, built before the caller's transaction (see groups.fold_range)."""
         buckets = [key + (bucket, count) for key, cell in self.cells.items()
                    for bucket, count in enumerate(cell[:_BUCKETS]) if count]
         totals = [key + tuple(cell[_BUCKETS:]) for key, cell in self.cells.items()]

@@ -79,7 +79,7 @@ class Volume:
 
     def writes(self):
         """The statements that add these counts to the rollup tables: [(sql, params)], one each
-        over a JSON array, built before the caller's transaction (see groups._fold_range)."""
+        over a JSON array, built before the caller's transaction (see groups.fold_range)."""
         return [(_VOLUME_UPSERT, (orjson.dumps([key + (count,) for key, count in self.by_level.items()]).decode(),)),
                 (_INGEST_UPSERT, (orjson.dumps(list(self.received.items())).decode(),))]
 

@@ -6,7 +6,7 @@ import time
 
 from flask import Flask, g, request
 
-from ingest import catalog, groups
+from ingest import catalog, groups, tracker
 from ingest.entries import Limits, format_ts
 from ingest.fingerprint import Fingerprinter
 from ingest.idempotency import IdempotencyStore
@@ -39,7 +39,7 @@ class Sidecar:
         # Open only on loopback with no password; gunicorn.conf.py closes it again if bound elsewhere.
         self.readers = ReaderAuth(self.admin_tokens, self.session_secret,
                                   open_access=not settings["datasette_password_hash"] and is_loopback(settings["host"]))
-        self.tracker = groups.GroupTracker(self.data_dir, clock, format_ts)
+        self.tracker = tracker.GroupTracker(self.data_dir, clock, format_ts)
         self.writer = Writer(self.data_dir, settings, clock, on_commit=self.tracker.notify)
         from .metrics import Recorder  # imports prometheus_client: in the worker, never in gunicorn's master
         self.metrics = Recorder(self)

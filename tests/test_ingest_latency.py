@@ -6,6 +6,7 @@ import pytest
 
 from ingest import catalog, groups, latency
 from ingest.entries import format_ts
+from ingest.tracker import GroupTracker
 
 from test_ingest_groups import NOW, store, write  # noqa: F401 (fixture)
 
@@ -73,7 +74,7 @@ def test_tracker_hand_over_is_exact_and_agrees_with_catch_up(store, data_dir, mo
     of_segment = latency.Latency.of_segment
     monkeypatch.setattr(latency.Latency, "of_segment",
                         classmethod(lambda cls, *args: read_back.append(args) or of_segment(*args)))
-    tracker = groups.GroupTracker(data_dir, lambda: NOW, format_ts).start()
+    tracker = GroupTracker(data_dir, lambda: NOW, format_ts).start()
     writer.on_commit = tracker.notify
     write(writer, entries(), None)
     write(writer, entries(), None)

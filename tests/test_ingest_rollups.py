@@ -3,6 +3,7 @@ from datetime import timedelta
 
 from ingest import groups
 from ingest.entries import format_ts
+from ingest.tracker import GroupTracker
 
 from test_ingest_groups import NOW, store, write  # noqa: F401 (fixture)
 
@@ -34,7 +35,7 @@ def test_catch_up_from_the_segment_counts_every_row_once(store, data_dir):
 
 def test_tracker_hand_over_and_catch_up_agree(store, data_dir):
     writer, meta = store
-    tracker = groups.GroupTracker(data_dir, lambda: NOW, format_ts).start()
+    tracker = GroupTracker(data_dir, lambda: NOW, format_ts).start()
     writer.on_commit = tracker.notify
     write(writer, entries(), None)
     write(writer, entries(), None)
