@@ -120,6 +120,8 @@ def main():
     parser.add_argument("--clients", default="1,4")
     parser.add_argument("--server", action="append", default=[], metavar="NAME=VALUE",
                         help="a sidecar setting for the server, e.g. --server workers=2 (repeatable)")
+    parser.add_argument("--errors", action="store_true",
+                        help="every entry an error with a 20-frame stack trace (an error storm)")
     args = parser.parse_args()
     sizes = [int(s) for s in (args.sizes or ("100000" if args.quick else "100000,1000000")).split(",")]
     batches = [int(b) for b in args.batches.split(",")]
@@ -129,7 +131,8 @@ def main():
         sqlite3.sqlite_version, sys.version.split()[0], os.cpu_count(), server_settings or "defaults"))
     rows = []
     for size in sizes:
-        encoded = [orjson.dumps(e) for e in workload.entries(size, seed=7)]
+        generated = workload.entries(size, seed=7)
+        encoded = [orjson.dumps(e) for e in (workload.error_storm(generated) if args.errors else generated)]
         mean_bytes = sum(map(len, encoded)) / size
         megabytes = sum(map(len, encoded)) / 1e6
         raw = raw_run(encoded)

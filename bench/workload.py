@@ -78,3 +78,20 @@ def entries(count, seed=42, start=None, span_s=3600):
         if rng.random() < 0.3:
             entry["user_id"] = "user-%d" % rng.randint(1, 50000)
         yield entry
+
+
+def error_storm(entries_, seed=42, frames=20):
+    """The same entries as errors with a `frames`-deep stack trace each (about 2,850 bytes an
+    entry as JSON): an outage where every request fails, for the tracker's memory bound."""
+    rng = random.Random(seed)
+    for entry in entries_:
+        entry["level"] = "error"
+        kind = rng.choice(["TimeoutError", "ConnectionError", "KeyError", "ValueError"])
+        entry["exception"] = {
+            "type": kind, "value": entry["message"][:80],
+            "stacktrace": [{"filename": "app/%s/%s.py" % (rng.choice(WORDS), rng.choice(WORDS)),
+                            "function": "%s_%s" % (rng.choice(WORDS), rng.choice(WORDS)),
+                            "lineno": rng.randint(1, 900), "module": "app.%s" % rng.choice(WORDS),
+                            "in_app": depth >= frames // 2}
+                           for depth in range(frames)]}
+        yield entry

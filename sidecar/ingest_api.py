@@ -125,10 +125,10 @@ def _settle_later(sidecar, batch):
         sidecar.idempotency.release(batch.idempotency_key)
 
 
-@bp.post("/api/logs")
-def ingest_logs():
-    sidecar = current_app.extensions["sidecar"]
-    sidecar.tokens.require(bearer_token())
+def _rows_of_request(sidecar):
+    """(rows, rejected, tally) of the request's body. The body and its decoded entries go out of
+    scope here, before the batch waits for its commit: a 1000-entry batch decodes to about 3 times
+    its JSON (9 MB for one of 2.7 MB with stack traces), and each request waiting held them."""
     settings = sidecar.settings
     try:
         body = decompress(read_body(settings["max_body_bytes"]), request.headers.get("Content-Encoding"),
@@ -142,7 +142,14 @@ def ingest_logs():
                        {"max_batch_entries": settings["max_batch_entries"]})
     if not entries:
         raise ApiError(400, "empty_batch", "the body holds no entries")
-    rows, rejected, tally = validate_entries(entries, sidecar, body)
+    return validate_entries(entries, sidecar, body)
+
+
+@bp.post("/api/logs")
+def ingest_logs():
+    sidecar = current_app.extensions["sidecar"]
+    sidecar.tokens.require(bearer_token())
+    rows, rejected, tally = _rows_of_request(sidecar)
     g.log_fields = {"accepted": len(rows), "rejected": len(rejected)}
     if not rows:
         raise ApiError(400, "no_valid_entries", "no entry of the batch is valid; nothing was stored",
