@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS templates (
 """
 
 _NEW_ROWS = ("SELECT id, ts, level, service, message, fingerprint, user_id, release, exception, received_at "
-             "FROM logs WHERE id > ? AND id <= ? AND fingerprint IS NOT NULL ORDER BY id")
+             "FROM logs WHERE id > ? AND id <= ? AND fingerprint IS NOT NULL ORDER BY id LIMIT ?")
+READ_BACK_ERROR_ROWS = 2_000  # error rows read back from a segment a fold: about 6 MB with stack traces
 
 
 def ensure_schema(meta):
@@ -195,27 +196,52 @@ def watermark(meta, name):
     return row[0] if row else 0
 
 
-def sync_segment(meta, data_dir, name, now_text):
-    """Fold the rows of `name` above its watermark into the groups; return how many were folded."""
+def sync_segment(meta, data_dir, name, now_text, chunk_rows=None):
+    """Fold the rows of `name` above its watermark into the groups; return how many error rows
+    were folded."""
+    return fold_backlog(meta, data_dir, name, now_text, chunk_rows)[0]
+
+
+def fold_backlog(meta, data_dir, name, now_text, chunk_rows=None, max_chunks=None):
+    """Fold the rows of `name` above its watermark, reading the error rows back `chunk_rows` at a
+    time, a transaction each (an error storm's backlog is never held in memory at once), and at
+    most `max_chunks` chunks. Return (error rows folded, whether rows are left to fold)."""
     path = os.path.join(segments.segments_dir(data_dir), name)
     try:
         con = sqlite3.connect("file:{}?mode=ro".format(path), uri=True, timeout=30)
     except sqlite3.Error:
-        return 0
+        return 0, False
+    folded, chunks = 0, 0
     try:
-        high = segments.max_id(con)
-        low = watermark(meta, name)
-        if high <= low:
-            return 0
-        rows = con.execute(_NEW_ROWS, (low, high)).fetchall()
-        volume = Volume.of_segment(con, low, high)
-        latency = Latency.of_segment(con, low, high)
-    except sqlite3.Error as error:
-        log.warning("reading %s for error groups: %s", name, error)
-        return 0
+        low, high = watermark(meta, name), None
+        while True:
+            try:
+                if high is None:
+                    high = segments.max_id(con)
+                if high <= low:
+                    return folded, False
+                if max_chunks is not None and chunks >= max_chunks:
+                    return folded, True
+                upto, rows, volume, latency = _read_back(con, low, high, chunk_rows or READ_BACK_ERROR_ROWS)
+            except sqlite3.Error as error:
+                log.warning("reading %s for error groups: %s", name, error)
+                return folded, False
+            folded += fold_range(meta, name, low, upto, rows, now_text, volume, latency)
+            chunks += 1
+            moved_to = watermark(meta, name)  # upto, or further when another process folded it
+            if moved_to <= low:
+                return folded, False
+            low = moved_to
     finally:
         con.close()
-    return fold_range(meta, name, low, high, rows, now_text, volume, latency)
+
+
+def _read_back(con, low, high, chunk_rows):
+    """(upto, error rows, volume, latency) of the rows low < id <= upto of a segment, upto <= high
+    chosen so that at most `chunk_rows` error rows are read."""
+    rows = con.execute(_NEW_ROWS, (low, high, chunk_rows)).fetchall()
+    upto = rows[-1][0] if len(rows) == chunk_rows else high
+    return upto, rows, Volume.of_segment(con, low, upto), Latency.of_segment(con, low, upto)
 
 
 def error_rows(first_id, rows):
@@ -263,14 +289,19 @@ def wake_expired_ignores(meta, now_text):
                      "AND ignore_until <= ?1", (now_text,))
 
 
-def reconcile(meta, data_dir, now_text):
-    """At start-up: fold whatever a crash left unfolded, in every segment."""
+def prepare(meta):
+    """At start-up: the tables, and no counts left of segments that are gone. Return the
+    segments' names, oldest first: what a crash left unfolded in them is folded by the tracker
+    (ingest/tracker.py), in the background, so a long backlog does not hold up the start."""
     ensure_schema(meta)
-    names = [row["name"] for row in meta.execute("SELECT name FROM segments ORDER BY day, seq")]
-    folded = sum(sync_segment(meta, data_dir, name, now_text) for name in names)
     gone = [row[0] for row in meta.execute(
         "SELECT segment FROM error_sync WHERE segment NOT IN (SELECT name FROM segments) UNION "
         "SELECT segment FROM error_stored WHERE segment NOT IN (SELECT name FROM segments)")]
     for segment in gone:
         forget_segment(meta, segment)
-    return folded
+    return [row[0] for row in meta.execute("SELECT name FROM segments ORDER BY day, seq")]
+
+
+def reconcile(meta, data_dir, now_text):
+    """Fold whatever a crash left unfolded, in every segment, now (tests and tools)."""
+    return sum(sync_segment(meta, data_dir, name, now_text) for name in prepare(meta))

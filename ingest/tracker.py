@@ -18,7 +18,14 @@ What is held between folds is bounded, not a second's worth of commits:
   its message and stack trace: a fold starts early once
   `FOLD_EARLY_AFTER_ERROR_ROWS` of them wait, as in an error storm (every
   entry an error with a 20-frame stack trace: peak RSS 319 MB before, 191 MB
-  with both bounds; 2,000 rows fold in tens of ms, so throughput is unchanged).
+  with both bounds; 2,000 rows fold in tens of ms, so throughput is unchanged);
+- when the folds fall behind all the same (every new group costs rows in
+  four tables of meta.db: a storm of distinct stack traces folded about 5,000
+  a second at first, and a few hundred once 400,000 groups were stored),
+  the writer hands over no rows once `MAX_HELD_ERROR_BYTES` are held: they wait
+  on disk, and the fold reads them back a chunk at a time (groups.sync_segment).
+  Without it the backlog grew with the storm (30,000 rows, 590 MB peak RSS in
+  a 300,000-entry storm on 2026-12-04; about 220 MB with it).
 """
 import logging
 import sqlite3
@@ -26,13 +33,20 @@ import threading
 import time
 
 from . import catalog
-from .groups import error_rows, fold_range, sync_segment, wake_expired_ignores, watermark
+from .groups import error_rows, fold_backlog, fold_range, wake_expired_ignores, watermark
 from .tally import Tally
 
 log = logging.getLogger("sidecar.groups")
 FOLD_INTERVAL_S = 1.0  # groups and rollups lag commits by at most this (plus one fold)
 MERGE_AFTER_HANDOVERS = 8
 FOLD_EARLY_AFTER_ERROR_ROWS = 2_000
+MAX_HELD_ERROR_BYTES = 16 * 1024 * 1024
+ROW_OVERHEAD_BYTES = 400  # an error row's tuple and short strings, beside its message and exception
+
+
+def held_bytes(errors):
+    """About what a hand-over's error rows (groups.error_rows) hold in memory."""
+    return sum(len(row[4]) + len(row[8] or "") + ROW_OVERHEAD_BYTES for row in errors)
 
 
 def merge_handovers(chunks):
@@ -69,6 +83,8 @@ class GroupTracker:
         self._pending = {}  # segment -> [(first_id, handed)] in commit order (merge_handovers)
         self._handovers = 0  # since the last merge
         self._error_rows = 0  # waiting for the next fold
+        self._pending_bytes = self._folding_bytes = 0  # held_bytes of the error rows waiting, and in the fold
+        self._read_back_due = False  # a segment has more to read back: fold again at once
         self._cond = threading.Condition()
         self._stopping = False
         self._busy = False
@@ -76,26 +92,44 @@ class GroupTracker:
         self._thread = threading.Thread(target=self._run, name="sidecar-groups", daemon=True)
         self._last_wake_check = None
 
-    def start(self):
+    def start(self, catch_up=()):
+        """Start folding; the segments `catch_up` (groups.prepare) are read back first."""
+        for name in catch_up:
+            self.read_back(name)
         self._thread.start()
         return self
+
+    def read_back(self, name):
+        """Fold what is on disk above `name`'s watermark at the next fold, which comes at once."""
+        with self._cond:
+            self._pending.setdefault(name, []).append((None, None))
+            self._read_back_due = True
+            self._cond.notify()
 
     def notify(self, name, first_id=None, rows=None, tallies=None):
         """Rows `rows` were committed to `name` from id `first_id` on, counted by `tallies`
         (ingest/tally.py, one per batch); without rows, the segment is read back at the next fold.
         Runs on the writer's thread: it only appends."""
-        handed = None if rows is None else (len(rows), error_rows(first_id, rows), tallies)
+        errors = None if rows is None else error_rows(first_id, rows)
+        size = 0 if errors is None else held_bytes(errors)
         with self._cond:
+            if errors is not None and self._pending_bytes + self._folding_bytes + size > MAX_HELD_ERROR_BYTES:
+                # The folds fall behind (each new group costs a statement or so): the rows wait on
+                # disk instead, and the fold reads them back a few thousand at a time.
+                errors = None
+            handed = None if errors is None else (len(rows), errors, tallies)
             self._pending.setdefault(name, []).append((first_id, handed))
             self._handovers += 1
             if handed is not None:
-                self._error_rows += len(handed[1])
+                self._error_rows += len(errors)
+                self._pending_bytes += size
             self._cond.notify()
 
     def backlog(self):
         """What waits for the next fold: hand-overs (after merging) and error rows."""
         with self._cond:
-            return {"handovers": sum(map(len, self._pending.values())), "error_rows": self._error_rows}
+            return {"handovers": sum(map(len, self._pending.values())), "error_rows": self._error_rows,
+                    "held_bytes": self._pending_bytes + self._folding_bytes}
 
     def stop(self):
         with self._cond:
@@ -104,8 +138,8 @@ class GroupTracker:
         self._thread.join(30)
 
     def flush(self, timeout=10):
-        """Fold what was handed over now, without waiting for the interval, and wait for it
-        (tests, the deep health check, shutdown)."""
+        """Fold what was handed over now, without waiting for the interval, and wait for it and
+        for any backlog being read back, at most `timeout` seconds (tests)."""
         with self._cond:
             self._flush_requested = True
             self._cond.notify_all()
@@ -121,7 +155,10 @@ class GroupTracker:
                 total.add(tally)
             fold_range(meta, name, low, low + count, errors, now_text, total.volume, total.latency)
         else:
-            sync_segment(meta, self.data_dir, name, now_text)
+            # A chunk a fold: a long backlog is folded over several, so stop() never waits for it all.
+            _, more = fold_backlog(meta, self.data_dir, name, now_text, max_chunks=1)
+            if more:
+                self.read_back(name)
 
     def _run(self):
         meta = catalog.connect_meta(self.data_dir)
@@ -130,6 +167,8 @@ class GroupTracker:
                 self._cond.wait_for(lambda: self._pending or self._stopping, 60)
                 pending, self._pending = self._pending, {}
                 self._handovers = self._error_rows = 0
+                self._folding_bytes, self._pending_bytes = self._pending_bytes, 0
+                self._read_back_due = False
                 self._busy = bool(pending)
                 stopping = self._stopping
             now_text = self.format_ts(self.clock())
@@ -140,15 +179,17 @@ class GroupTracker:
                 except sqlite3.Error as error:
                     log.error("folding %s into error groups: %s", name, error)
                     failed = True
-                    self.notify(name)  # read it back from the segment next round
+                    self.notify(name)  # read it back from the segment next round (not at once)
             if now_text[:16] != self._last_wake_check:
                 self._last_wake_check = now_text[:16]
                 try:
                     wake_expired_ignores(meta, now_text)
                 except sqlite3.Error as error:
                     log.error("waking ignored groups: %s", error)
+            del pending  # before the next wait: what it holds is no longer counted
             with self._cond:
                 self._busy = False
+                self._folding_bytes = 0
                 self._cond.notify_all()
             if stopping:
                 meta.close()
@@ -159,7 +200,8 @@ class GroupTracker:
             self._wait_for_next_fold(1 if failed else FOLD_INTERVAL_S)
 
     def _fold_due(self):
-        return self._stopping or self._flush_requested or self._error_rows >= FOLD_EARLY_AFTER_ERROR_ROWS
+        return (self._stopping or self._flush_requested or self._read_back_due
+                or self._error_rows >= FOLD_EARLY_AFTER_ERROR_ROWS)
 
     def _wait_for_next_fold(self, interval_s):
         """Wait `interval_s` (less when a fold is due early), merging the hand-overs meanwhile."""

@@ -61,9 +61,9 @@ class Sidecar:
         self.backup = backup.prepare(self)
         self.writer.start()
         self.meta = catalog.connect_meta(self.data_dir)
-        groups.reconcile(self.meta, self.data_dir, format_ts(self.clock()))
+        unfolded = groups.prepare(self.meta)
         self.fingerprinter = Fingerprinter.load(self.meta, self.settings["fingerprint_levels"])
-        self.tracker.start()
+        self.tracker.start(catch_up=unfolded)
         self.metrics.start()
         retention_job.ensure_schema(self.meta)
         with run_lock(self.data_dir) as held:

@@ -35,6 +35,14 @@ def client(app):
     return app.test_client()
 
 
+def wait_until(condition, timeout=10):
+    """Poll `condition` until it holds or `timeout` passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -18,7 +18,7 @@ from sidecar import backup
 from sidecar.backup_store import ChecksumMismatch
 from sidecar.settings import SettingsError, load_settings
 
-from conftest import AUTH, TOKEN, catalog_rows, entry, free_port
+from conftest import AUTH, TOKEN, catalog_rows, entry, free_port, wait_until
 from test_retention_job import build, dated_entry, policy
 
 ADMIN = "admin-token-0123456789abcdef"
@@ -219,8 +219,12 @@ def test_restore_into_an_empty_dir_gives_the_same_rows_and_error_groups(data_dir
     app = create_app({"data_dir": target, "ingest_tokens": [TOKEN], "admin_tokens": [ADMIN]})
     try:
         client = app.test_client()
-        titles = {group["title"]: group for group in client.get("/api/errors?limit=100",
-                                                                headers=ADMIN_AUTH).get_json()["groups"]}
+
+        def titles():
+            return {group["title"]: group for group in client.get("/api/errors?limit=100",
+                                                                  headers=ADMIN_AUTH).get_json()["groups"]}
+        assert wait_until(lambda: titles().get("Disk full on db-1", {}).get("count") == 4)  # folded in the background
+        titles = titles()
         assert titles["Disk full on db-1"]["count"] == 4 and titles["Head only failure"]["events_stored"] == 0
         assert client.post("/api/logs", json=entry(1), headers=AUTH).status_code == 200
         names = [row["name"] for row in catalog_rows(target)]

@@ -1,5 +1,4 @@
 """The tracker holds a bounded amount between folds: hand-overs merged, early folds in an error storm."""
-import time
 from datetime import timedelta
 
 import pytest
@@ -10,6 +9,7 @@ from ingest.fingerprint import Fingerprinter
 from ingest.tally import Tally
 from ingest.tracker import GroupTracker, merge_handovers
 
+from conftest import wait_until
 from test_ingest_groups import NOW, error, store, write  # noqa: F401 (fixture)
 
 TS = format_ts(NOW - timedelta(minutes=5))
@@ -57,26 +57,23 @@ def test_merging_leaves_each_batch_tally_as_it_was():
     assert sum(first[2][0].volume.by_level.values()) == 2 and sum(second[2][0].volume.by_level.values()) == 3
 
 
-def wait_until(predicate, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
 def volume_total(meta):
     return meta.execute("SELECT coalesce(sum(entries), 0) FROM volume_minute").fetchone()[0]
+
+
+def tracker_on(writer, meta, data_dir):
+    """A tracker the writer hands its commits to, past its first fold (which comes at once)."""
+    group_tracker = GroupTracker(data_dir, lambda: NOW, format_ts).start()
+    writer.on_commit = group_tracker.notify
+    write(writer, [{"service": "api", "message": "first"}], None)
+    assert wait_until(lambda: volume_total(meta) == 1)
+    return group_tracker
 
 
 def test_handovers_between_folds_are_merged_and_folded_exactly(store, data_dir, monkeypatch):
     monkeypatch.setattr(tracker, "FOLD_INTERVAL_S", 60)  # no fold on time during the test
     writer, meta = store
-    group_tracker = GroupTracker(data_dir, lambda: NOW, format_ts).start()
-    writer.on_commit = group_tracker.notify
-    write(writer, [{"service": "api", "message": "first"}], None)
-    assert wait_until(lambda: volume_total(meta) == 1)  # the first hand-over is folded at once
+    group_tracker = tracker_on(writer, meta, data_dir)
     fingerprinter = Fingerprinter()
     for n in range(40):
         write(writer, [{"service": "api", "message": "m"}] * 3 + [error("boom {}".format(n))], fingerprinter)
@@ -96,10 +93,7 @@ def test_an_error_storm_is_folded_before_the_interval(store, data_dir, monkeypat
     monkeypatch.setattr(tracker, "FOLD_INTERVAL_S", 60)
     monkeypatch.setattr(tracker, "FOLD_EARLY_AFTER_ERROR_ROWS", 20)
     writer, meta = store
-    group_tracker = GroupTracker(data_dir, lambda: NOW, format_ts).start()
-    writer.on_commit = group_tracker.notify
-    write(writer, [{"service": "api", "message": "first"}], None)
-    assert wait_until(lambda: volume_total(meta) == 1)
+    group_tracker = tracker_on(writer, meta, data_dir)
     fingerprinter = Fingerprinter()
     for n in range(3):
         write(writer, [error("storm {}".format(n))] * 5, fingerprinter)
@@ -107,5 +101,83 @@ def test_an_error_storm_is_folded_before_the_interval(store, data_dir, monkeypat
     write(writer, [error("storm more")] * 5, fingerprinter)
     assert wait_until(lambda: volume_total(meta) == 21)  # 20 error rows: folded without a flush
     assert meta.execute("SELECT sum(count) FROM error_groups").fetchone()[0] == 20
-    assert group_tracker.backlog() == {"handovers": 0, "error_rows": 0}
+    assert group_tracker.backlog() == {"handovers": 0, "error_rows": 0, "held_bytes": 0}
     group_tracker.stop()
+
+
+def groups_and_volume(meta):
+    counts = sorted(row[0] for row in meta.execute("SELECT count FROM error_groups"))
+    return counts, volume_total(meta)
+
+
+@pytest.fixture
+def folds(monkeypatch):
+    """The number of error rows of each fold (groups.fold_range), as it happens."""
+    sizes, real_fold_range = [], groups.fold_range
+
+    def fold_range(meta, name, low, high, rows, *args):
+        sizes.append(len(rows))
+        return real_fold_range(meta, name, low, high, rows, *args)
+    monkeypatch.setattr(groups, "fold_range", fold_range)
+    return sizes
+
+
+def test_a_backlog_is_read_back_a_chunk_at_a_time_and_folded_exactly(store, data_dir, folds):
+    writer, meta = store
+    fingerprinter = Fingerprinter()
+    for n in range(5):
+        write(writer, [error("timeout {}".format(n))] * 5 + [{"service": "api", "message": "info"}] * 3
+              + [error("declined {}".format(n), exception={"type": "CardError", "value": "no"})] * 2, fingerprinter)
+    [segment] = [row[0] for row in meta.execute("SELECT name FROM segments")]
+    assert groups.sync_segment(meta, data_dir, segment, format_ts(NOW), chunk_rows=8) == 35
+    assert folds == [8, 8, 8, 8, 3]  # never more than 8 error rows read back at once
+    assert groups_and_volume(meta) == ([10, 25], 50)
+    assert groups.sync_segment(meta, data_dir, segment, format_ts(NOW), chunk_rows=8) == 0
+
+
+def test_past_the_memory_bound_the_rows_wait_on_disk(store, data_dir, monkeypatch):
+    # The folds fall behind (FOLD_INTERVAL_S: none on time): past MAX_HELD_ERROR_BYTES the
+    # writer hands over no rows, and the fold reads them back from the segment.
+    monkeypatch.setattr(tracker, "FOLD_INTERVAL_S", 60)
+    monkeypatch.setattr(tracker, "MAX_HELD_ERROR_BYTES", 3 * (len("boom 00") + tracker.ROW_OVERHEAD_BYTES))
+    writer, meta = store
+    group_tracker = tracker_on(writer, meta, data_dir)
+    fingerprinter = Fingerprinter()
+    for n in range(10):
+        write(writer, [{"service": "api", "message": "m"}, error("boom {:02}".format(n))], fingerprinter)
+        assert group_tracker.backlog()["held_bytes"] <= tracker.MAX_HELD_ERROR_BYTES
+    assert group_tracker.backlog()["error_rows"] == 3  # the first three; the others are on disk only
+    group_tracker.flush()
+    group_tracker.stop()
+    assert groups_and_volume(meta) == ([10], 21)
+    assert groups.reconcile(meta, data_dir, format_ts(NOW)) == 0
+
+
+def write_backlog(writer, batches):
+    fingerprinter = Fingerprinter()
+    for n in range(batches):
+        write(writer, [error("timeout {}".format(n))] * 3 + [{"service": "api", "message": "info"}], fingerprinter)
+
+
+def test_a_backlog_left_at_start_is_folded_a_chunk_a_fold(store, data_dir, monkeypatch, folds):
+    writer, meta = store
+    write_backlog(writer, 10)  # 30 error rows nobody folded (the process died)
+    monkeypatch.setattr(groups, "READ_BACK_ERROR_ROWS", 4)
+    group_tracker = GroupTracker(data_dir, lambda: NOW, format_ts).start(catch_up=groups.prepare(meta))
+    group_tracker.flush()
+    group_tracker.stop()
+    assert folds == [4] * 7 + [2]
+    assert groups_and_volume(meta) == ([30], 40)
+
+
+def test_stopping_during_a_backlog_leaves_the_rest_to_the_next_start(store, data_dir, monkeypatch):
+    writer, meta = store
+    write_backlog(writer, 10)
+    monkeypatch.setattr(groups, "READ_BACK_ERROR_ROWS", 1)
+    GroupTracker(data_dir, lambda: NOW, format_ts).start(catch_up=groups.prepare(meta)).stop()
+    counts, _ = groups_and_volume(meta)
+    assert sum(counts) < 30  # stop() did not wait for the whole backlog
+    group_tracker = GroupTracker(data_dir, lambda: NOW, format_ts).start(catch_up=groups.prepare(meta))
+    group_tracker.flush()
+    group_tracker.stop()
+    assert groups_and_volume(meta) == ([30], 40)  # the rest, and nothing twice

@@ -12,7 +12,7 @@ from ingest.entries import Limits, format_ts, to_row
 from ingest.writer import Batch, QueueFull, Writer
 from sidecar.settings import load_settings
 
-from conftest import catalog_rows, segment_files, stored_rows
+from conftest import catalog_rows, segment_files, stored_rows, wait_until
 
 
 class Clock:
@@ -390,13 +390,6 @@ def test_a_reader_holding_the_wal_fails_no_write(make_writer, data_dir, clock, s
 
 def catalog_row_count(data_dir):
     return catalog_rows(data_dir)[0]["row_count"]
-
-
-def wait_until(condition, timeout=10):
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return condition()
 
 
 @pytest.fixture
