@@ -24,8 +24,9 @@ What is held between folds is bounded, not a second's worth of commits:
   a second at first, and a few hundred once 400,000 groups were stored),
   the writer hands over no rows once `MAX_HELD_ERROR_BYTES` are held: they wait
   on disk, and the fold reads them back a chunk at a time (groups.sync_segment).
-  Without it the backlog grew with the storm (30,000 rows, 590 MB peak RSS in
-  a 300,000-entry storm on 2026-12-04; about 220 MB with it).
+  Without it the backlog grew with the storm (30,000 rows held, 373-495 MB
+  peak RSS in a 300,000-entry storm; about 225 MB with it: docs/benchmarks.md,
+  2026-12-04).
 """
 import logging
 import sqlite3
