@@ -23,7 +23,7 @@ What is held between folds is bounded, not a second's worth of commits:
   four tables of meta.db: a storm of distinct stack traces folded about 5,000
   a second at first, and a few hundred once 400,000 groups were stored),
   the writer hands over no rows once `MAX_HELD_ERROR_BYTES` are held: they wait
-  on disk, and the fold reads them back a chunk at a time (groups.sync_segment).
+  on disk, and the fold reads them back a chunk at a time (groups.fold_backlog).
   Without it the backlog grew with the storm (30,000 rows held, 373-495 MB
   peak RSS in a 300,000-entry storm; about 225 MB with it: docs/benchmarks.md,
   2026-12-04).
@@ -115,8 +115,8 @@ class GroupTracker:
         size = 0 if errors is None else held_bytes(errors)
         with self._cond:
             if errors is not None and self._pending_bytes + self._folding_bytes + size > MAX_HELD_ERROR_BYTES:
-                # The folds fall behind (each new group costs a statement or so): the rows wait on
-                # disk instead, and the fold reads them back a few thousand at a time.
+                # The folds fall behind (each new group writes rows in four tables): the rows wait
+                # on disk instead, and the fold reads them back a few thousand at a time.
                 errors = None
             handed = None if errors is None else (len(rows), errors, tallies)
             self._pending.setdefault(name, []).append((first_id, handed))
