@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ingest.py            # 100k and 1M entries (several minutes)
     .venv/bin/python bench/ingest.py --quick    # 100k only
+    .venv/bin/python bench/ingest.py --keys     # an Idempotency-Key a batch, as the client handler
 
 Prints one table: events/s and MB/s per run (batch size, client threads,
 entries), p50/p99 request latency, the server's peak RSS, bytes on disk per
@@ -31,7 +32,7 @@ def make_bodies(encoded, batch):
     return [b"[" + b",".join(encoded[i:i + batch]) + b"]" for i in range(0, len(encoded), batch)]
 
 
-def http_run(encoded, batch, clients, server_settings):
+def http_run(encoded, batch, clients, server_settings, keys=False):
     bodies = make_bodies(encoded, batch)
     data_dir = tempfile.mkdtemp(prefix="bench-ingest-")
     server = Server(data_dir, **server_settings)
@@ -45,8 +46,10 @@ def http_run(encoded, batch, clients, server_settings):
             index = next(counter)
             if index >= len(bodies):
                 return
+            # As the client handler (sidecar/client.py) sends them: one key a batch.
+            extra = {"Idempotency-Key": "bench-{}".format(index)} if keys else {}
             started = time.perf_counter()
-            response = session.post(server.url + "/api/logs", data=bodies[index], headers=headers)
+            response = session.post(server.url + "/api/logs", data=bodies[index], headers={**headers, **extra})
             latencies.append(time.perf_counter() - started)
             if response.status_code != 200:
                 errors.append(response.text[:200])
@@ -122,13 +125,16 @@ def main():
                         help="a sidecar setting for the server, e.g. --server workers=2 (repeatable)")
     parser.add_argument("--errors", action="store_true",
                         help="every entry an error with a 20-frame stack trace (an error storm)")
+    parser.add_argument("--keys", action="store_true",
+                        help="an Idempotency-Key on every batch, as the client handler sends")
     args = parser.parse_args()
     sizes = [int(s) for s in (args.sizes or ("100000" if args.quick else "100000,1000000")).split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     client_counts = [int(c) for c in args.clients.split(",")]
     server_settings = dict(item.split("=", 1) for item in args.server)
-    print("SQLite {}, Python {}, {} cores, server settings: {}".format(
-        sqlite3.sqlite_version, sys.version.split()[0], os.cpu_count(), server_settings or "defaults"))
+    print("SQLite {}, Python {}, {} cores, server settings: {}{}".format(
+        sqlite3.sqlite_version, sys.version.split()[0], os.cpu_count(), server_settings or "defaults",
+        ", an Idempotency-Key a batch" if args.keys else ""))
     rows = []
     for size in sizes:
         generated = workload.entries(size, seed=7)
@@ -141,7 +147,7 @@ def main():
                      "{:.1f}".format(megabytes / raw["elapsed"]), "-", "-", "-",
                      "{:.0f}".format(raw["disk"] / size), "1.00", 0])
         for batch, clients in itertools.product(batches, client_counts):
-            result = http_run(encoded, batch, clients, server_settings)
+            result = http_run(encoded, batch, clients, server_settings, args.keys)
             rate = size / result["elapsed"]
             rows.append(["http", batch, clients, size, "{:,.0f}".format(rate),
                          "{:.1f}".format(megabytes / result["elapsed"]),

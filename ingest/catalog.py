@@ -13,11 +13,15 @@ from . import schema, segments
 
 
 def connect_meta(data_dir):
-    con = sqlite3.connect(os.path.join(data_dir, "meta.db"), isolation_level=None,
-                          check_same_thread=False, timeout=60)
+    return connect_shared(os.path.join(data_dir, "meta.db"))
+
+
+def connect_shared(path):
+    """A connection to one of the SQLite files every process writes (meta.db, idempotency.db)."""
+    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
     con.execute("PRAGMA busy_timeout=60000")
     _use_wal(con)
-    # The segments themselves are the record; meta.db is rebuilt from them after a crash.
+    # The segments themselves are the record; these files are rebuilt from them after a crash.
     con.execute("PRAGMA synchronous=NORMAL")
     con.row_factory = sqlite3.Row
     return con
@@ -43,10 +47,18 @@ _local = threading.local()
 
 def connect_meta_cached(data_dir):
     """One meta.db connection per thread and data dir, for request threads."""
+    return connect_cached(os.path.join(data_dir, "meta.db"))
+
+
+def connect_cached(path, on_connect=None):
+    """One connection to `path` per thread (connect_shared), made by `on_connect(con)` the first time."""
     cache = _local.__dict__.setdefault("connections", {})
-    con = cache.get(data_dir)
+    con = cache.get(path)
     if con is None:
-        con = cache[data_dir] = connect_meta(data_dir)
+        con = connect_shared(path)
+        if on_connect is not None:
+            on_connect(con)
+        cache[path] = con
     return con
 
 
@@ -55,6 +67,9 @@ def ensure_schema(con):
         for statement in schema.CATALOG_TABLES.split(";"):
             if statement.strip():
                 con.execute(statement)
+        # Idempotency keys have their own file now (ingest/idempotency.py); they are rebuilt
+        # there from the segments, so the table of older versions goes.
+        con.execute("DROP TABLE IF EXISTS idempotency_keys")
 
 
 def is_busy(error):

@@ -125,11 +125,4 @@ CREATE TABLE IF NOT EXISTS segments (
     updated_at TEXT,
     generation INTEGER NOT NULL DEFAULT 0  -- bumped whenever a closed segment's file changes (retention)
 );
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    key TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    owner_pid INTEGER,
-    created_at TEXT NOT NULL,
-    response TEXT
-);
 """

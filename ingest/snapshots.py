@@ -9,7 +9,7 @@ import os
 import shutil
 import sqlite3
 
-from . import catalog, groups, segments
+from . import groups, idempotency, segments
 
 CHUNK_BYTES = 1024 * 1024
 # Written before a restore moves files into the data dir, removed once meta.db is in place: a
@@ -124,9 +124,6 @@ def forget_missing(db_path, staging_segments_dir):
         gone = [name for name in names if name not in present]
         for name in gone:
             groups.forget_segment(meta, name)
-        # Drop any claim left pending by a process of the old machine.
-        with catalog.immediate(meta):
-            meta.execute("DELETE FROM idempotency_keys WHERE state = 'pending'")
     finally:
         meta.close()
     return gone
@@ -161,6 +158,9 @@ def install(staging_dir, data_dir):
     source = os.path.join(staging_dir, "segments")
     for name in sorted(os.listdir(source)) if os.path.isdir(source) else []:
         os.replace(os.path.join(source, name), os.path.join(directory, name))
+    # Keys are an index of the segments' `batches`: any left here would answer for batches the
+    # restored store may not hold; the next start rebuilds them from the restored segments.
+    idempotency.remove_keys_file(data_dir)
     os.replace(os.path.join(staging_dir, "meta.db"), meta_path(data_dir))
     _fsync_dir(directory)
     _fsync_dir(data_dir)

@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import orjson
 
-from ingest import catalog, groups, latency, rollups, segments
+from ingest import catalog, groups, idempotency, latency, rollups, segments
 from ingest.entries import LEVELS, format_ts
 
 log = logging.getLogger("sidecar.retention")
@@ -59,9 +59,10 @@ def remove_files(path):
 
 
 def store_bytes(data_dir):
-    """Bytes of the whole store: every segment file (with WAL) and meta.db."""
+    """Bytes of the whole store: every segment file (with WAL), meta.db and idempotency.db."""
     total = sum(segments.file_bytes(path) for path in glob.glob(os.path.join(segments.segments_dir(data_dir), "*.db")))
-    return total + segments.file_bytes(os.path.join(data_dir, "meta.db"))
+    return (total + segments.file_bytes(os.path.join(data_dir, "meta.db"))
+            + segments.file_bytes(idempotency.keys_path(data_dir)))
 
 
 def level_bounds(con):

@@ -1,4 +1,5 @@
 """POST /api/logs: a thin HTTP layer over ingest.body, ingest.entries and the writer."""
+import sqlite3
 import threading
 from datetime import timedelta
 
@@ -97,7 +98,10 @@ def _idempotency_key():
 
 
 def _store_once(sidecar, key, rows, response, tally):
-    state, stored = sidecar.idempotency.claim(key)
+    try:
+        state, stored = sidecar.idempotency.claim(key)
+    except sqlite3.Error:
+        raise _unavailable(None) from None
     if state == "replay":
         return json_response(orjson.loads(stored), headers={"Idempotent-Replayed": "true"})
     if state == "busy":

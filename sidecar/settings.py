@@ -66,7 +66,7 @@ SETTINGS = (
     Setting("admin_tokens", [], "Comma-separated bearer tokens for the read and admin API (`/api/errors`, ...). Separate from ingest tokens: an ingest token never reads. None on loopback: a dev admin token is generated once into `<data_dir>/dev-admin-token`.", list),
     Setting("retention_days", 7, "Age after which entries are deleted, for levels without an age of their own in SIDECAR_RETENTION_LEVEL_DAYS.", int),
     Setting("retention_level_days", ["debug=1", "warn=14", "error=30", "critical=30"], "Ages per level, as `level=days` pairs (comma-separated); levels not listed keep SIDECAR_RETENTION_DAYS.", list),
-    Setting("disk_budget_bytes", 1024 * MiB, "Most bytes the store (segments and meta.db) may use; over it the oldest closed segments are dropped, even inside their age. 0: no budget.", int),
+    Setting("disk_budget_bytes", 1024 * MiB, "Most bytes the store (segments, meta.db and idempotency.db) may use; over it the oldest closed segments are dropped, even inside their age. 0: no budget.", int),
     Setting("disk_budget_warn_percent", 80, "Budget use reported as a warning (and alerted on) from this percentage.", int),
     Setting("disk_budget_critical_percent", 95, "Budget use reported as critical from this percentage.", int),
     Setting("retention_interval_s", 600, "How often the retention job runs in the server (one process at a time).", int),

@@ -100,14 +100,18 @@ def test_disk_full_is_503_and_recovers(live_server, data_dir):
         response = server.post([entry(i) for i in range(100, 200)])
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "storage_unavailable" and "Retry-After" in response.headers
+        keyed = server.post([entry(i) for i in range(300, 310)], headers={"Idempotency-Key": "while-full"})
+        assert keyed.status_code == 503 and keyed.json()["error"]["code"] == "storage_unavailable"
         health = requests.get(server.url + "/api/health", timeout=10)
         assert health.json()["services"]["database"]["status"] == "unhealthy"
     finally:
         resource.prlimit(worker, resource.RLIMIT_FSIZE, unlimited)
     assert server.post([entry(i) for i in range(200, 300)]).status_code == 200
+    retried = server.post([entry(i) for i in range(300, 310)], headers={"Idempotency-Key": "while-full"})
+    assert retried.status_code == 200 and "Idempotent-Replayed" not in retried.headers
     assert requests.get(server.url + "/api/health", timeout=10).json()["status"] != "unhealthy"
     messages = {row["message"] for row in stored_rows(data_dir, "message")}
-    assert messages == {"entry {}".format(i) for i in itertools.chain(range(100), range(200, 300))}
+    assert messages == {"entry {}".format(i) for i in itertools.chain(range(100), range(200, 310))}
 
 
 def test_several_workers_share_nothing_and_lose_nothing(live_server, data_dir):

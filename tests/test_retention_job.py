@@ -113,6 +113,16 @@ def test_budget_drops_oldest_closed_segments_first_never_the_head(data_dir):
     assert [event[0] for event in events] == ["retention.budget_drop"] * 3
 
 
+def test_store_bytes_counts_every_file_of_the_store(data_dir):
+    os.makedirs(os.path.join(data_dir, "segments"))
+    for name, size in (("segments/logs-2026-12-01-1.db", 1000), ("segments/logs-2026-12-01-1.db-wal", 200),
+                       ("meta.db", 300), ("meta.db-wal", 40), ("idempotency.db", 50), ("idempotency.db-wal", 6),
+                       ("dev-token", 7000)):  # not the store
+        with open(os.path.join(data_dir, name), "wb") as handle:
+            handle.write(b"x" * size)
+    assert job.store_bytes(data_dir) == 1596
+
+
 def test_groups_outlive_their_events(data_dir):
     fp = Fingerprinter()
     build(data_dir, {40: [dated_entry("error", NOW - timedelta(days=40), "Payment gateway down")] * 3,

@@ -153,6 +153,32 @@ def test_idempotency_survives_restart(data_dir):
     assert len(stored_rows(data_dir)) == 1
 
 
+def test_idempotency_keys_of_an_older_version_are_rebuilt_from_the_segments(data_dir):
+    """Versions before idempotency.db kept the keys in meta.db: after the upgrade a retry is
+    still answered from the segments' record, and the old table is gone."""
+    from sidecar import create_app
+    app = create_app({"data_dir": data_dir, "ingest_tokens": [TOKEN]})
+    first = post(app.test_client(), [entry(0)], headers={"Idempotency-Key": "before-upgrade"})
+    app.extensions["sidecar"].close()
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(os.path.join(data_dir, "idempotency.db" + suffix)):
+            os.remove(os.path.join(data_dir, "idempotency.db" + suffix))
+    meta = sqlite3.connect(os.path.join(data_dir, "meta.db"))
+    meta.execute("CREATE TABLE idempotency_keys (key TEXT PRIMARY KEY, state TEXT NOT NULL, owner_pid INTEGER, "
+                 "created_at TEXT NOT NULL, response TEXT)")
+    meta.commit()
+    meta.close()
+    app = create_app({"data_dir": data_dir, "ingest_tokens": [TOKEN]})
+    retried = post(app.test_client(), [entry(0)], headers={"Idempotency-Key": "before-upgrade"})
+    app.extensions["sidecar"].close()
+    assert first.status_code == retried.status_code == 200
+    assert retried.headers["Idempotent-Replayed"] == "true" and retried.get_json() == first.get_json()
+    assert len(stored_rows(data_dir)) == 1
+    meta = sqlite3.connect(os.path.join(data_dir, "meta.db"))
+    assert meta.execute("SELECT name FROM sqlite_master WHERE name = 'idempotency_keys'").fetchall() == []
+    meta.close()
+
+
 def test_idempotency_key_in_flight_is_409(app, client, data_dir):
     sidecar = app.extensions["sidecar"]
     lock = sqlite3.connect(sidecar.writer.head.path, timeout=0)
@@ -162,9 +188,9 @@ def test_idempotency_key_in_flight_is_409(app, client, data_dir):
                                                                       headers={"Idempotency-Key": "slow"})))
     first.start()
     try:
-        meta = sqlite3.connect(os.path.join(data_dir, "meta.db"))
+        keys = sqlite3.connect(os.path.join(data_dir, "idempotency.db"))
         for _ in range(500):  # until the first request holds its claim
-            if meta.execute("SELECT 1 FROM idempotency_keys WHERE key = 'slow'").fetchone():
+            if keys.execute("SELECT 1 FROM idempotency_keys WHERE key = 'slow'").fetchone():
                 break
             time.sleep(0.01)
         busy = post(client, [entry(0)], headers={"Idempotency-Key": "slow"})
@@ -173,6 +199,28 @@ def test_idempotency_key_in_flight_is_409(app, client, data_dir):
         first.join(40)
     assert_error(busy, 409, "idempotency_key_in_use")
     assert results["first"].status_code == 200
+    assert len(stored_rows(data_dir)) == 1
+
+
+def test_idempotency_key_does_not_wait_for_meta_db(app, client, data_dir):
+    """A fold of the error groups holds meta.db's write lock, for seconds in a storm of new groups:
+    a batch with a key is claimed, stored and answered meanwhile (the keys have their own file)."""
+    meta = sqlite3.connect(os.path.join(data_dir, "meta.db"), timeout=0)
+    meta.execute("BEGIN IMMEDIATE")
+    results = {}
+    request = threading.Thread(target=lambda: results.update(first=post(app.test_client(), [entry(0)],
+                                                                        headers={"Idempotency-Key": "k1"})))
+    request.start()
+    try:
+        request.join(20)  # with the claim in meta.db it waited for the lock (busy timeout 60 s)
+        answered = not request.is_alive()
+        replayed = post(client, [entry(0)], headers={"Idempotency-Key": "k1"}) if answered else None
+    finally:
+        meta.execute("ROLLBACK")
+        request.join(60)
+    assert answered
+    assert results["first"].status_code == 200
+    assert replayed.status_code == 200 and replayed.headers["Idempotent-Replayed"] == "true"
     assert len(stored_rows(data_dir)) == 1
 
 
