@@ -80,6 +80,35 @@ def test_kill_9_loses_nothing_acknowledged(live_server, data_dir):
     assert restarted.post([entry(1)]).status_code == 200
 
 
+def test_idempotency_keys_across_two_workers_and_a_kill_9(live_server, data_dir):
+    """The same key sent at once to two worker processes is stored once; after a kill -9 and a
+    restart, retries of acknowledged batches are answered again and stored nothing more."""
+    server = live_server(workers=2)
+    start, statuses = threading.Barrier(8), []
+
+    def send_race():
+        start.wait()
+        statuses.append(server.post([entry(i, message="race {}".format(i)) for i in range(20)],
+                                    headers={"Idempotency-Key": "race"}).status_code)
+
+    racers = [threading.Thread(target=send_race) for _ in range(8)]
+    for thread in racers:
+        thread.start()
+    for thread in racers:
+        thread.join(60)
+    assert set(statuses) <= {200, 409} and 200 in statuses and len(statuses) == 8
+    keys = ["batch-{}".format(n) for n in range(10)]
+    first = [server.post([entry(n, message=key)], headers={"Idempotency-Key": key}) for n, key in enumerate(keys)]
+    assert [r.status_code for r in first] == [200] * 10
+    server.kill9()
+    restarted = live_server(workers=2)
+    retries = [restarted.post([entry(n, message=key)], headers={"Idempotency-Key": key})
+               for n, key in enumerate(keys + ["race"])]
+    assert [(r.status_code, r.headers.get("Idempotent-Replayed")) for r in retries] == [(200, "true")] * 11
+    messages = [row["message"] for row in stored_rows(data_dir, "message")]
+    assert sorted(messages) == sorted(keys + ["race {}".format(i) for i in range(20)])
+
+
 def test_queue_full_is_429_with_retry_after(live_server, data_dir):
     server = live_server(max_batch_entries=10, queue_max_entries=10, commit_max_entries=10)
     batch = [entry(i) for i in range(10)]
