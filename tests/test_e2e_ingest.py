@@ -112,11 +112,16 @@ def test_idempotency_keys_across_two_workers_and_a_kill_9(live_server, data_dir)
 def test_queue_full_is_429_with_retry_after(live_server, data_dir):
     server = live_server(max_batch_entries=10, queue_max_entries=10, commit_max_entries=10)
     batch = [entry(i) for i in range(10)]
-    response, results = with_queue_filled(data_dir, lambda: server.post(batch), lambda: server.post(batch))
+    keyed = {"Idempotency-Key": "refused-when-full"}
+    response, results = with_queue_filled(data_dir, lambda: server.post(batch),
+                                          lambda: server.post(batch, headers=keyed))
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "1" and response.json()["error"]["code"] == "queue_full"
     assert [r.status_code for r in results] == [200, 200]
     assert len(stored_rows(data_dir)) == 20
+    retried = server.post(batch, headers=keyed)  # the refused batch's key was freed
+    assert retried.status_code == 200 and "Idempotent-Replayed" not in retried.headers
+    assert len(stored_rows(data_dir)) == 30
 
 
 def test_disk_full_is_503_and_recovers(live_server, data_dir):
