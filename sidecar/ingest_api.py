@@ -72,15 +72,15 @@ def _submit_and_wait(sidecar, batch):
         raise ApiError(429, "queue_full", "the sidecar is busy writing; retry after the pause in Retry-After",
                        {"queued_entries": sidecar.writer.queued_entries}, {"Retry-After": "1"}) from None
     except StorageUnavailable as error:
-        raise _unavailable(error) from None
+        raise _unavailable() from None
     if not batch.done.wait(sidecar.settings["request_timeout_s"]):
         raise ApiError(503, "commit_timeout", "the batch was not confirmed in time; retry with the same "
                        "Idempotency-Key to avoid storing it twice", headers={"Retry-After": "5"})
     if batch.error is not None:
-        raise _unavailable(batch.error)
+        raise _unavailable()
 
 
-def _unavailable(error):
+def _unavailable():
     return ApiError(503, "storage_unavailable",
                     "the sidecar cannot write to its storage right now (disk full or read-only?); "
                     "nothing of this batch was stored, retry later", headers={"Retry-After": "5"})
@@ -101,7 +101,7 @@ def _store_once(sidecar, key, rows, response, tally):
     try:
         state, stored = sidecar.idempotency.claim(key)
     except sqlite3.Error:
-        raise _unavailable(None) from None
+        raise _unavailable() from None
     if state == "replay":
         return json_response(orjson.loads(stored), headers={"Idempotent-Replayed": "true"})
     if state == "busy":
