@@ -5,8 +5,11 @@
     .venv/bin/python bench/ingest.py --keys     # an Idempotency-Key a batch, as the client handler
 
 Prints one table: events/s and MB/s per run (batch size, client threads,
-entries), p50/p99 request latency, the server's peak RSS, bytes on disk per
-event; then the raw limit (orjson + executemany, 1000-row transactions,
+entries), p50/p99 request latency and the latency floor (clients x batch /
+events/s: with that many requests always in flight, the mean latency of any
+server at that rate, by Little's law; a p50 near it means the server was the
+bottleneck and the latency is mostly queueing), the server's peak RSS, bytes
+on disk per event; then the raw limit (orjson + executemany, 1000-row transactions,
 every index live, FTS5 fed per transaction) and the ratio of the two.
 """
 import argparse
@@ -144,7 +147,7 @@ def main():
         raw = raw_run(encoded)
         raw_rate = size / raw["elapsed"]
         rows.append(["raw limit", "1000", "1", size, "{:,.0f}".format(raw_rate),
-                     "{:.1f}".format(megabytes / raw["elapsed"]), "-", "-", "-",
+                     "{:.1f}".format(megabytes / raw["elapsed"]), "-", "-", "-", "-",
                      "{:.0f}".format(raw["disk"] / size), "1.00", 0])
         for batch, clients in itertools.product(batches, client_counts):
             result = http_run(encoded, batch, clients, server_settings, args.keys)
@@ -152,13 +155,14 @@ def main():
             rows.append(["http", batch, clients, size, "{:,.0f}".format(rate),
                          "{:.1f}".format(megabytes / result["elapsed"]),
                          "{:.1f}".format(result["p50"] * 1000), "{:.1f}".format(result["p99"] * 1000),
+                         "{:.1f}".format(clients * batch / rate * 1000),
                          "{:.0f}".format(result["rss"] / 1e6), "{:.0f}".format(result["disk"] / size),
                          "{:.2f}".format(rate / raw_rate), len(result["errors"])])
             if result["errors"]:
                 print("errors, first:", result["errors"][0], file=sys.stderr)
         print("{:,} entries, {:.0f} bytes an entry as JSON".format(size, mean_bytes), file=sys.stderr)
     print_table(["writer", "batch", "clients", "entries", "events/s", "MB/s", "p50 ms", "p99 ms",
-                 "server RSS MB", "disk B/event", "ratio to raw", "non-2xx"], rows)
+                 "floor ms", "server RSS MB", "disk B/event", "ratio to raw", "non-2xx"], rows)
 
 
 if __name__ == "__main__":
