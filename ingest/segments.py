@@ -194,19 +194,37 @@ def repair(path):
     return stats
 
 
+# The checkpointer thread copies the WAL back once the writer has committed this much of
+# rows (their JSON; about 5 MiB of WAL with the indexes and FTS5, 4-5 commits of 1000
+# entries). Polled only every 250 ms, it left up to 15 commits' frames (18 MB) to the commit
+# that takes the WAL past WAL_RESTART_BYTES, which copies them inside the commit: that
+# commit took 45-75 ms instead of 15, a stall every 27 commits that all 4 requests in flight
+# waited out. After every commit instead, its syncs slowed every commit by 2-3 ms
+# (bench/ingest.py, docs/benchmarks.md, 2026-12-05, later).
+COPY_AFTER_ROW_BYTES = 2 * 1024 * 1024
+
+
 class Checkpointer:
     """Copies a head's WAL back into its file from its own connection and thread.
 
     A PASSIVE checkpoint never blocks the writer; once it has caught up, the
     writer's next transaction starts the WAL over, so it stays small.
+
+    Besides every `interval_s`, a round starts as soon as the writer has committed
+    `copy_after_row_bytes` of rows (`committed()`): the commit that takes the WAL past
+    WAL_RESTART_BYTES then finds a few commits' frames left to copy, not up to 250 ms
+    of them (see COPY_AFTER_ROW_BYTES).
     """
 
-    def __init__(self, wal_trigger_bytes=8 * 1024 * 1024, interval_s=0.25):
+    def __init__(self, wal_trigger_bytes=8 * 1024 * 1024, interval_s=0.25,
+                 copy_after_row_bytes=COPY_AFTER_ROW_BYTES):
         self.wal_trigger_bytes, self.interval_s = wal_trigger_bytes, interval_s
+        self.copy_after_row_bytes = copy_after_row_bytes
         self._path, self._con = None, None
         self._cond = threading.Condition()
         self._releases = []  # Events of follow() calls, set once the file they left is closed here
         self._stopping = False
+        self._rows_bytes_to_copy = 0  # rows committed since this thread's last round
         self._thread = threading.Thread(target=self._run, name="sidecar-checkpointer", daemon=True)
 
     def start(self, path):
@@ -229,19 +247,30 @@ class Checkpointer:
             self._cond.notify()
         return released
 
+    def committed(self, rows_bytes):
+        """The writer has committed `rows_bytes` of rows: start a round once enough are waiting."""
+        with self._cond:
+            self._rows_bytes_to_copy += rows_bytes
+            if self._rows_bytes_to_copy >= self.copy_after_row_bytes:
+                self._cond.notify()
+
     def stop(self):
         with self._cond:
             self._stopping = True
             self._cond.notify()
         self._thread.join(10)
 
+    def _round_due(self):
+        return self._releases or self._stopping or self._rows_bytes_to_copy >= self.copy_after_row_bytes
+
     def _run(self):
         current = None
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._releases or self._stopping, self.interval_s)
+                self._cond.wait_for(self._round_due, self.interval_s)
                 path, stopping = self._path, self._stopping
                 releases, self._releases = self._releases, []
+                self._rows_bytes_to_copy = 0
             if path != current or stopping:
                 if self._con is not None:
                     self._con.close()

@@ -272,6 +272,7 @@ class Writer:
         for batch in batches:
             batch.done.set()
         if self.unavailable_reason is None:  # written
+            self._checkpointer.committed(sum(len(batch.rows_json) for batch in batches))
             self._check_size()  # after the wake-up: the requests are answered first
 
     def _check_size(self):

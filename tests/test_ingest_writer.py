@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ingest import catalog, schema
+from ingest import catalog, schema, segments
 from ingest.entries import Limits, format_ts, to_row
 from ingest.writer import Batch, QueueFull, Writer
 from sidecar.settings import load_settings
@@ -461,3 +461,28 @@ def test_a_rotation_does_not_wait_for_the_checkpointer(make_writer, data_dir, cl
     closed = sqlite3.connect(os.path.join(data_dir, "segments", first["name"]))
     assert first["closed_at"] and closed.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     closed.close()
+
+
+def test_the_checkpointer_copies_the_wal_back_once_enough_rows_are_committed(tmp_path):
+    path = str(tmp_path / "logs-2026-03-01-0001.db")
+    segments.create(path)
+    con = segments.open_for_writing(path)
+    con.execute("PRAGMA wal_autocheckpoint=0")  # only the checkpointer thread copies frames back
+    con.executemany("INSERT INTO logs (ts, level, service, message, received_at) VALUES ('t', 'info', 's', ?, 't')",
+                    [("message {}".format(i) * 20,) for i in range(2000)])
+    empty_file_bytes = os.path.getsize(path)
+    # Its interval is an hour: only the writer's committed() can start a round.
+    checkpointer = segments.Checkpointer(wal_trigger_bytes=0, interval_s=3600, copy_after_row_bytes=1000)
+    checkpointer.start(path)
+    try:
+        checkpointer.committed(600)
+        time.sleep(0.3)
+        assert os.path.getsize(path) == empty_file_bytes  # not enough rows yet
+        checkpointer.committed(600)
+        assert wait_until(lambda: os.path.getsize(path) > empty_file_bytes + 100_000)
+    finally:
+        checkpointer.stop()
+        con.close()
+    check = sqlite3.connect(path)
+    assert check.execute("SELECT count(*) FROM logs").fetchone() == (2000,)
+    check.close()
