@@ -14,6 +14,9 @@ NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl
                 "application/x-jsonlines", "application/jsonlines")
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 class BodyError(Exception):
     def __init__(self, status, code, message, details=None):
         super().__init__(message)
@@ -31,10 +34,40 @@ def decompress(body, encoding, max_bytes):
         return _unbrotli(body, max_bytes)
     if encoding not in ("gzip", "x-gzip", "deflate"):
         raise BodyError(415, "unsupported_encoding",
-                        "Content-Encoding {!r} is not supported; send gzip, br or no encoding".format(encoding),
+                        "Content-Encoding {!r} is not supported; send gzip, deflate, br or no encoding".format(encoding),
                         {"supported": ["gzip", "deflate", "br", "identity"]})
-    # 32 + MAX_WBITS: zlib detects gzip or zlib headers by itself.
-    inflater = zlib.decompressobj(32 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return _inflate_member(body, _deflate_wbits(body), encoding, max_bytes)[0]
+    return _gunzip(body, max_bytes)
+
+
+def _gunzip(body, max_bytes):
+    """All the members of a gzip stream, one after another (RFC 1952 2.2: a stream may hold
+    several, as `cat a.gz b.gz` makes; gunzip and Go's reader read them all). NUL padding after
+    the last member is ignored, as gunzip does; other bytes there are an error, not data to drop."""
+    output, rest = b"", body
+    while True:
+        # 32 + MAX_WBITS: zlib tells a gzip header from a zlib one by itself.
+        member, rest = _inflate_member(rest, 32 + zlib.MAX_WBITS, "gzip", max_bytes - len(output))
+        output += member
+        if not rest.strip(b"\0"):
+            return output
+        if not rest.startswith(b"\x1f\x8b"):
+            raise BodyError(400, "invalid_encoding", "the gzip stream is followed by {} bytes that are not "
+                            "gzip".format(len(rest)), {"trailing_bytes": len(rest)})
+
+
+def _deflate_wbits(body):
+    # HTTP's "deflate" is the zlib format (RFC 9110 8.4.1.2), but some clients send raw deflate:
+    # a zlib header is two bytes, the first naming method 8, together a multiple of 31.
+    if len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0:
+        return zlib.MAX_WBITS
+    return -zlib.MAX_WBITS
+
+
+def _inflate_member(body, wbits, encoding, max_bytes):
+    """(the decompressed bytes of the one stream at the start of `body`, the bytes after it)."""
+    inflater = zlib.decompressobj(wbits)
     try:
         output = inflater.decompress(body, max_bytes + 1)
         if len(output) > max_bytes or inflater.unconsumed_tail:
@@ -46,7 +79,7 @@ def decompress(body, encoding, max_bytes):
         raise _too_large(max_bytes)
     if not inflater.eof:
         raise BodyError(400, "invalid_encoding", "the {} stream is truncated".format(encoding))
-    return output
+    return output, inflater.unused_data
 
 
 def _unbrotli(body, max_bytes):
@@ -83,6 +116,10 @@ def parse_entries(body, content_type):
     dicts decoded here; ingest/entries.py makes the same rows of either.
     """
     kind = media_type(content_type)
+    if body.startswith(UTF8_BOM):  # RFC 8259 8.1: a parser may ignore one; some Windows tools write it
+        body = body[len(UTF8_BOM):]
+    if (kind in JSON_TYPES or kind in NDJSON_TYPES) and (not body or body.isspace()):
+        return []  # the caller answers 400 empty_batch (isspace stops at the first other byte)
     if kind in JSON_TYPES:
         entries = wire.decode_json(body)
         return entries if entries is not None else _parse_json(body)
@@ -114,6 +151,9 @@ def _parse_json(body):
             if not isinstance(document["logs"], list):
                 raise BodyError(400, "invalid_body", "\"logs\" must be an array of entries")
             return document["logs"]
+        if isinstance(document.get("logs"), list) and not ("service" in document and "message" in document):
+            raise BodyError(400, "invalid_body", "a {{\"logs\": [...]}} body must hold nothing beside \"logs\"; "
+                            "found {}".format(", ".join(sorted(key for key in document if key != "logs"))[:200]))
         return [document]
     raise BodyError(400, "invalid_body",
                     "the body must be an entry object, an array of entries or {\"logs\": [...]}")

@@ -63,22 +63,40 @@ def _from_epoch(number):
         raise EntryError("timestamp {!r} is out of range".format(number)) from None
 
 
+def _from_epoch_checked(number):
+    try:
+        return _from_epoch(number)
+    except OverflowError:  # an integer too large for a float (over 308 digits)
+        raise EntryError("timestamp of {} digits is out of range".format(len(str(abs(number))))) from None
+
+
 def parse_timestamp(value):
     """Return an aware UTC datetime from RFC 3339 text or epoch s/ms/µs/ns."""
     if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            raise EntryError("timestamp {!r} is not RFC 3339 (e.g. 2024-05-01T12:00:00.000Z) "
-                             "nor a number of epoch seconds, ms or ns".format(value[:64])) from None
+        moment = _from_text(value)
         if moment.tzinfo is None:
             return moment.replace(tzinfo=timezone.utc)
-        return moment.astimezone(timezone.utc)
+        try:
+            return moment.astimezone(timezone.utc)
+        except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise EntryError("timestamp {!r} is out of range in UTC".format(value[:64])) from None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value != value:
             raise EntryError("timestamp must not be NaN")
-        return _from_epoch(value)
+        return _from_epoch_checked(value)
     raise EntryError("timestamp must be an RFC 3339 string or a number, got {}".format(type(value).__name__))
+
+
+def _from_text(value):
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        pass
+    try:  # RFC 3339 5.6 allows a lowercase "t" and "z"
+        return datetime.fromisoformat(value.upper())
+    except ValueError:
+        raise EntryError("timestamp {!r} is not RFC 3339 (e.g. 2024-05-01T12:00:00.000Z) "
+                         "nor a number of epoch seconds, ms or ns".format(value[:64])) from None
 
 
 def _truncate_utf8(text, max_bytes):
@@ -166,7 +184,7 @@ def _dumps_after(value, what, error):
     raise EntryError("{} cannot be stored as JSON: {}".format(what, error)) from None
 
 
-def _encode_metadata(metadata, limits, flags):
+def _encode_metadata(metadata, limits):
     # Every entry with metadata comes here: the common case runs inline, without calls.
     try:
         encoded = orjson.dumps(metadata)
@@ -181,12 +199,46 @@ def _encode_metadata(metadata, limits, flags):
         metadata.clear()
         metadata.update(scrubbed)
         encoded = orjson.dumps(metadata)
-    if len(encoded) > limits.max_metadata_bytes:
-        kept, dropped = _truncate_metadata(metadata, limits.max_metadata_bytes)
-        flags["metadata"] = {"original_bytes": len(encoded), "dropped_keys": dropped}
-        metadata.clear()
-        metadata.update(kept)
     return encoded
+
+
+SIDECAR_KEY = "_sidecar"  # the sidecar's own notes in metadata (truncation flags); no client writes there
+DROPPED_KEYS_NAMED = 20  # the flag names this many dropped keys (each cut to 100 characters) and counts all
+
+
+def _name_sidecar_keys(metadata, client_fingerprint, displaced):
+    """Give the client's fingerprint its name in metadata and keep `_sidecar` for the sidecar's
+    flags; what the client had under those names moves to `_extra` with `displaced`."""
+    displaced = dict(displaced or ())
+    if client_fingerprint is not None:
+        if "fingerprint" in metadata and metadata["fingerprint"] != client_fingerprint:
+            displaced["fingerprint"] = metadata["fingerprint"]
+        metadata["fingerprint"] = client_fingerprint
+    if SIDECAR_KEY in metadata:
+        displaced[SIDECAR_KEY] = metadata.pop(SIDECAR_KEY)
+    if displaced:
+        keep_displaced(metadata, displaced)
+
+
+def _fit_metadata(metadata, encoded, flags, limit):
+    """The JSON of `metadata` with the truncation `flags` in it, within `limit` bytes: whole keys
+    are kept while they fit, the first string that does not is cut, the rest dropped and named."""
+    original_bytes = len(encoded) if encoded is not None else 0
+    budget = limit
+    while True:
+        kept, dropped = dict(metadata), []
+        if original_bytes > budget:
+            kept, dropped = _truncate_metadata(metadata, max(budget, 0))
+            flags["metadata"] = {"original_bytes": original_bytes,
+                                 "dropped_keys": [key[:100] for key in dropped[:DROPPED_KEYS_NAMED]],
+                                 "dropped_key_count": len(dropped)}
+        kept[SIDECAR_KEY] = {"truncated": flags}
+        fitted = orjson.dumps(kept)
+        if len(fitted) <= limit or budget <= 0:
+            metadata.clear()
+            metadata.update(kept)
+            return fitted
+        budget -= len(fitted) - limit  # the flags took that much room: cut the metadata further
 
 
 def _optional_strings(entry):
@@ -202,8 +254,14 @@ def _user_id(entry):
     if value is None or type(value) is str:
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
+        return _user_id_text(value)
     raise EntryError("user_id must be a string, got {}".format(type(value).__name__))
+
+
+def _user_id_text(number):
+    # An integer past 64 bits as the float orjson reads it (see _wide_integers_as_floats):
+    # the same text whichever way the body was decoded.
+    return str(_wide_integers_as_floats(number))
 
 
 def _needs_scrubbing(value, encoded, cards_possible):
@@ -235,22 +293,36 @@ def _fingerprint(value):
     return value
 
 
-def _metadata_with_extras(entry):
+def _metadata_and_displaced(entry):
+    """(metadata with the unknown top-level fields added, the fields whose names it already had)."""
     metadata = entry.get("metadata")
     if metadata is None:
         metadata = {}
     elif not isinstance(metadata, dict):
         raise EntryError("metadata must be an object, got {}".format(type(metadata).__name__))
+    displaced = None
     if not KNOWN_FIELDS.issuperset(entry):
         # Unknown top-level fields are kept, never dropped silently.
         for key, value in entry.items():
             if key in KNOWN_FIELDS:
                 continue
             if key in metadata:
-                metadata.setdefault("_extra", {})[key] = value
+                displaced = displaced or {}
+                displaced[key] = value
             else:
                 metadata[key] = value
-    return metadata
+    return metadata, displaced
+
+
+def keep_displaced(metadata, displaced):
+    """Keep `displaced` (values that lost their name in `metadata` to another value) under
+    `metadata._extra`, losing nothing: an `_extra` the client had moves inside it."""
+    if "_extra" in metadata:
+        key, number = "_extra", 1
+        while key in displaced:
+            key, number = "_extra_{}".format(number), number + 1
+        displaced[key] = metadata["_extra"]
+    metadata["_extra"] = displaced
 
 
 def to_row(entry, received_at, max_ts, limits, fingerprinter=None):
@@ -275,33 +347,35 @@ def to_row_and_metadata(entry, received_at, max_ts, limits, fingerprinter=None):
     if not isinstance(entry, dict):
         raise EntryError("an entry must be a JSON object, got {}".format(type(entry).__name__))
     service = entry.get("service")
-    if not isinstance(service, str) or not service:
+    if not isinstance(service, str) or not service or service.isspace():
         raise EntryError(_SERVICE_REQUIRED)
     message = entry.get("message")
     if not isinstance(message, str):
         raise EntryError("message is required and must be a string")
-    level = _level(entry.get("level", "info"))
+    level = entry.get("level")
+    level = "info" if level is None else _level(level)  # null means missing, as for timestamp and metadata
     ts = _ts(entry.get("timestamp"), received_at, max_ts, limits)
     trace_id, span_id, environment, release, host = _optional_strings(entry)
     user_id = _user_id(entry)
     exception, exception_json = _exception(entry.get("exception"), limits.scrub, limits.cards_possible)
     client_fingerprint = _fingerprint(entry.get("fingerprint"))
-    metadata = _metadata_with_extras(entry)
+    metadata, displaced = _metadata_and_displaced(entry)
     return _row(ts, level, service, message, trace_id, span_id, user_id, environment, release, host,
-                metadata, exception, exception_json, client_fingerprint, received_at, limits, fingerprinter)
+                metadata, exception, exception_json, client_fingerprint, received_at, limits, fingerprinter,
+                displaced)
 
 
 def _wire_row(entry, received_at, max_ts, limits, fingerprinter):
     """to_row_and_metadata of a WireEntry: the same value checks, in the same order, without
     the type checks msgspec has made."""
     service = entry.service
-    if not service:
+    if not service or service.isspace():
         raise EntryError(_SERVICE_REQUIRED)
-    level = LEVEL_ALIASES.get(entry.level) or _level(entry.level)
+    level = LEVEL_ALIASES.get(entry.level) or ("info" if entry.level is None else _level(entry.level))
     ts = _ts(entry.timestamp, received_at, max_ts, limits)
     user_id = entry.user_id
     if user_id is not None and type(user_id) is not str:
-        user_id = str(user_id)
+        user_id = _user_id_text(user_id)
     exception, exception_json = None, None  # the calls below are for the few entries that have them
     if entry.exception is not None:
         exception, exception_json = _exception(entry.exception, limits.scrub, limits.cards_possible)
@@ -316,7 +390,7 @@ def _wire_row(entry, received_at, max_ts, limits, fingerprinter):
                 client_fingerprint, received_at, limits, fingerprinter)
 
 
-_SERVICE_REQUIRED = "service is required and must be a non-empty string"
+_SERVICE_REQUIRED = "service is required and must be a non-empty string (not only spaces)"
 
 
 def _level(level):
@@ -332,7 +406,8 @@ def _ts(stamp, received_at, max_ts, limits):
     """The stored timestamp text of `stamp` (the receive time when there is none)."""
     if stamp is None:
         ts = received_at
-    elif type(stamp) is str and len(stamp) == 24 and stamp[23] == "Z" and stamp[19] == "." and stamp[10] == "T":
+    elif type(stamp) is str and len(stamp) == 24 and stamp[23] == "Z" and stamp[19] == "." and stamp[10] == "T" \
+            and stamp[4] == "-" and stamp[7] == "-" and stamp[13] == ":" and stamp[16] == ":":  # not an ISO week date (2024-W18-3T...) of the same length
         try:  # already in the stored form: validate it, keep the text
             datetime.fromisoformat(stamp)
         except ValueError:
@@ -346,11 +421,12 @@ def _ts(stamp, received_at, max_ts, limits):
 
 
 def _row(ts, level, service, message, trace_id, span_id, user_id, environment, release, host,
-         metadata, exception, exception_json, client_fingerprint, received_at, limits, fingerprinter):
+         metadata, exception, exception_json, client_fingerprint, received_at, limits, fingerprinter,
+         displaced=None):
     """The checks and the row common to both kinds of entry: scrubbing, truncation, the
     metadata's JSON and the error group's fingerprint."""
-    if client_fingerprint is not None:
-        metadata["fingerprint"] = client_fingerprint
+    if client_fingerprint is not None or SIDECAR_KEY in metadata or displaced:
+        _name_sidecar_keys(metadata, client_fingerprint, displaced)
     if limits.scrub and limits.cards_possible:
         message = scrub_text(message)
     flags = {}
@@ -358,10 +434,9 @@ def _row(ts, level, service, message, trace_id, span_id, user_id, environment, r
         message, original = _truncate_utf8(message, limits.max_message_bytes)
         if original:
             flags["message"] = {"original_bytes": original}
-    encoded = _encode_metadata(metadata, limits, flags) if metadata else None
-    if flags:
-        metadata.setdefault("_sidecar", {})["truncated"] = flags
-        encoded = orjson.dumps(metadata)
+    encoded = _encode_metadata(metadata, limits) if metadata else None
+    if flags or encoded is not None and len(encoded) > limits.max_metadata_bytes:
+        encoded = _fit_metadata(metadata, encoded, flags, limits.max_metadata_bytes)
     if encoded is not None:
         encoded = encoded.decode()
     fingerprint = None

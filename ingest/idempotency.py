@@ -13,6 +13,7 @@ of new groups is folded. The client handler sends a key with every batch, and
 its requests waited behind those folds (bench/ingest.py --errors --keys,
 docs/benchmarks.md, 2026-12-04 evening).
 """
+import hashlib
 import logging
 import os
 import sqlite3
@@ -31,7 +32,8 @@ KEYS_TABLE = """CREATE TABLE IF NOT EXISTS idempotency_keys (
     state TEXT NOT NULL,
     owner_pid INTEGER,
     created_at TEXT NOT NULL,
-    response TEXT
+    response TEXT,
+    body_hash TEXT
 )"""
 
 
@@ -39,8 +41,16 @@ def keys_path(data_dir):
     return os.path.join(data_dir, KEYS_FILE)
 
 
+def body_hash(body):
+    """What tells a retry of a batch from another batch sent with the same key: a hash of the
+    body as decompressed (a client compressing again may well send other gzip bytes)."""
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
 def _ensure_table(con):
     con.execute(KEYS_TABLE)
+    if "body_hash" not in {row[1] for row in con.execute("PRAGMA table_info(idempotency_keys)")}:
+        con.execute("ALTER TABLE idempotency_keys ADD COLUMN body_hash TEXT")  # a file of an earlier version
 
 
 def connect(data_dir):
@@ -79,21 +89,29 @@ def _reconcile(keys, meta, data_dir, cutoff):
     for name in recent:
         path = os.path.join(segments.segments_dir(data_dir), name)
         try:
-            con = sqlite3.connect("file:{}?mode=ro".format(path), uri=True)
-            rows = con.execute("SELECT idempotency_key, received_at, response FROM batches "
-                               "WHERE received_at >= ?", (cutoff,)).fetchall()
-            con.close()
+            rows = _recent_batches(path, cutoff)
         except sqlite3.Error:
             continue
         with catalog.immediate(keys):
-            keys.executemany("INSERT OR REPLACE INTO idempotency_keys (key, state, owner_pid, created_at, response) "
-                             "VALUES (?, 'done', NULL, ?, ?)", rows)
+            keys.executemany("INSERT OR REPLACE INTO idempotency_keys (key, state, owner_pid, created_at, response, "
+                             "body_hash) VALUES (?, 'done', NULL, ?, ?, ?)", rows)
     with catalog.immediate(keys):
         pending = keys.execute("SELECT key, owner_pid FROM idempotency_keys WHERE state = 'pending'").fetchall()
         dead = [(row["key"],) for row in pending if row["owner_pid"] is None or not _pid_alive(row["owner_pid"])
                 or row["owner_pid"] == os.getpid()]
         keys.executemany("DELETE FROM idempotency_keys WHERE key = ?", dead)
         keys.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (cutoff,))
+
+
+def _recent_batches(path, cutoff):
+    con = sqlite3.connect("file:{}?mode=ro".format(path), uri=True)
+    try:
+        columns = {row[1] for row in con.execute("PRAGMA table_info(batches)")}
+        body_hash_column = "body_hash" if "body_hash" in columns else "NULL"  # a segment of an earlier version
+        return con.execute("SELECT idempotency_key, received_at, response, {} FROM batches WHERE received_at >= ?"
+                           .format(body_hash_column), (cutoff,)).fetchall()
+    finally:
+        con.close()
 
 
 class IdempotencyStore:
@@ -106,23 +124,26 @@ class IdempotencyStore:
     def _keys(self):
         return catalog.connect_cached(keys_path(self.data_dir), _ensure_table)
 
-    def claim(self, key):
-        """Return ("replay", response) for a finished key, ("busy", None) while another
-        request holds it, or ("claimed", None) when this request may store the batch.
+    def claim(self, key, body_hash=None):
+        """Return ("replay", response) for a finished key, ("mismatch", None) for a finished key
+        whose batch had another body, ("busy", None) while another request holds it, or
+        ("claimed", None) when this request may store the batch.
         Raises sqlite3.Error when the claim cannot be written (disk full): nothing is stored."""
         now = self.clock()
         cutoff = format_ts(now - timedelta(seconds=self.ttl_s))
         keys = self._keys()
         with catalog.immediate(keys):
-            row = keys.execute("SELECT state, owner_pid, created_at, response FROM idempotency_keys "
+            row = keys.execute("SELECT state, owner_pid, created_at, response, body_hash FROM idempotency_keys "
                                "WHERE key = ?", (key,)).fetchone()
             if row is not None and row["created_at"] >= cutoff:
                 if row["state"] == "done":
+                    if row["body_hash"] is not None and body_hash is not None and row["body_hash"] != body_hash:
+                        return "mismatch", None
                     return "replay", row["response"]
                 if _pid_alive(row["owner_pid"]):
                     return "busy", None
-            keys.execute("INSERT OR REPLACE INTO idempotency_keys (key, state, owner_pid, created_at, response) "
-                         "VALUES (?, 'pending', ?, ?, NULL)", (key, os.getpid(), format_ts(now)))
+            keys.execute("INSERT OR REPLACE INTO idempotency_keys (key, state, owner_pid, created_at, response, "
+                         "body_hash) VALUES (?, 'pending', ?, ?, NULL, ?)", (key, os.getpid(), format_ts(now), body_hash))
         return "claimed", None
 
     def complete(self, key, response):

@@ -40,7 +40,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
 from .body import BodyError, load_json
-from .entries import LEVEL_ALIASES, EntryError, format_ts
+from .entries import LEVEL_ALIASES, EntryError, format_ts, keep_displaced
 
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
 JSON_TYPES = ("application/json",)
@@ -225,14 +225,14 @@ def _entry(group, time_ns, observed_ns, severity_number, severity_text, body, at
         if isinstance(value, str) and value or isinstance(value, int) and not isinstance(value, bool):
             entry["user_id"] = str(metadata.pop(key))
             break
+    displaced = {}
     for key, value in group.metadata + ([("otel", otel)] if otel else []):
         if key not in metadata:
             metadata[key] = value
-            continue
-        extra = metadata.setdefault("_extra", {})  # an attribute took the name: as for unknown fields on /api/logs
-        if not isinstance(extra, dict):
-            extra = metadata["_extra"] = {"_extra": extra}
-        extra[key] = value
+        else:  # an attribute took the name: kept under _extra, as unknown fields on /api/logs
+            displaced[key] = value
+    if displaced:
+        keep_displaced(metadata, displaced)
     if metadata:
         entry["metadata"] = metadata
     return entry

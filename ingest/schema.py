@@ -34,7 +34,8 @@ CREATE VIRTUAL TABLE IF NOT EXISTS logs_fts USING fts5(
 CREATE TABLE IF NOT EXISTS batches (
     idempotency_key TEXT PRIMARY KEY,
     received_at TEXT NOT NULL,
-    response TEXT NOT NULL
+    response TEXT NOT NULL,
+    body_hash TEXT  -- ingest/idempotency.py body_hash(); NULL in segments written before it existed
 );
 """
 
@@ -76,7 +77,7 @@ CREATE INDEX IF NOT EXISTS logs_duration ON logs(CAST(json_extract(metadata, '$.
 # A whole commit of the writer is one statement, run in autocommit mode:
 # `INSERT INTO write_batch VALUES (rows, first_id, after_id, keys)` inserts the rows (a JSON
 # array of row arrays, columns as in LOG_COLUMNS), feeds FTS5 the rows above `after_id`,
-# records the idempotency keys (a JSON array of [key, received_at, response], or NULL) and
+# records the idempotency keys (a JSON array of [key, received_at, response, body hash], or NULL) and
 # commits, all inside one sqlite3_step. The rows get ids from `first_id` on when it is given
 # (after the newest rows were deleted), otherwise SQLite's max(id) + 1.
 # Why: the whole write runs without the GIL (executemany gives it up and takes it back for
@@ -104,7 +105,8 @@ CREATE TEMP TRIGGER IF NOT EXISTS write_batch_insert INSTEAD OF INSERT ON write_
     INSERT INTO logs (id, {columns}) SELECT NEW.first_id + key, {values}
         FROM (SELECT key, {split_row} FROM json_each(NEW.rows_json) LIMIT -1 OFFSET 0);
     {feed_fts};
-    INSERT OR REPLACE INTO batches SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(NEW.keys_json);
+    INSERT OR REPLACE INTO batches (idempotency_key, received_at, response, body_hash)
+        SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(NEW.keys_json);
 END;
 """.format(columns=", ".join(SHORT_COLUMNS + LONG_COLUMNS),
            values=", ".join(["short ->> {}".format(i) for i in range(len(SHORT_COLUMNS))] + list(LONG_COLUMNS)),

@@ -142,10 +142,18 @@ def open_for_writing(path, synchronous="full", cache_bytes=8 * 1024 * 1024):
     con.execute("PRAGMA wal_autocheckpoint={}".format(WAL_RESTART_BYTES // page_bytes))
     con.execute("PRAGMA journal_size_limit={}".format(64 * 1024 * 1024))
     con.execute("PRAGMA busy_timeout=30000")
-    con.executescript(schema.SEGMENT_TABLES + schema.SEGMENT_INDEXES + schema.WRITE_BATCH_OBJECTS)
+    con.executescript(schema.SEGMENT_TABLES + schema.SEGMENT_INDEXES)
+    _add_batches_body_hash(con)
+    con.executescript(schema.WRITE_BATCH_OBJECTS)
     for statement in schema.FTS_TUNING:
         con.execute(statement)
     return con
+
+
+def _add_batches_body_hash(con):
+    # A head created by an earlier version: its batches table predates the body_hash column.
+    if "body_hash" not in {row[1] for row in con.execute("PRAGMA table_info(batches)")}:
+        con.execute("ALTER TABLE batches ADD COLUMN body_hash TEXT")
 
 
 def read_stats(con):

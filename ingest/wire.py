@@ -28,7 +28,7 @@ class WireEntry(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     service: str
     message: str
     timestamp: Union[str, int, float, None] = None
-    level: str = "info"
+    level: Union[str, None] = "info"  # null: missing, as the reference way reads it
     metadata: Union[dict, None] = None
     trace_id: _OptionalText = None
     span_id: _OptionalText = None

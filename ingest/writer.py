@@ -49,14 +49,15 @@ def utc_now():
 
 
 class Batch:
-    __slots__ = ("rows", "rows_json", "idempotency_key", "response", "tally", "done", "error")
+    __slots__ = ("rows", "rows_json", "idempotency_key", "response", "tally", "done", "error", "body_hash")
 
-    def __init__(self, rows, idempotency_key=None, response=None, tally=None):
+    def __init__(self, rows, idempotency_key=None, response=None, tally=None, body_hash=None):
         self.rows = rows
         # The rows as the writer's statement takes them (schema.WRITE_BATCH), encoded here on the
         # request thread: the writer thread is the one that limits throughput.
         self.rows_json = orjson.dumps(rows).decode()
         self.idempotency_key = idempotency_key
+        self.body_hash = body_hash  # recorded with the key: a retry must send the same body
         self.response = response
         # Counted here, on the request thread, rather than on the writer's (ingest/tally.py).
         self.tally = tally if tally is not None else Tally.of_rows(rows)
@@ -292,7 +293,7 @@ class Writer:
         rows = [row for batch in batches for row in batch.rows]
         con = head.con
         rows_json = _joined_rows_json(batches)
-        keyed = [(b.idempotency_key, b.rows[0][13], b.response) for b in batches if b.idempotency_key]
+        keyed = [(b.idempotency_key, b.rows[0][13], b.response, b.body_hash) for b in batches if b.idempotency_key]
         # After the newest rows were deleted, ids are given explicitly from last_id + 1: SQLite
         # would hand out max(id) + 1 again, and an id that the FTS feed, the error-group
         # watermark or a link has already seen must never name another entry.

@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, g, request
 
 from ingest.body import BodyError, decompress, parse_entries
 from ingest.entries import EntryError, format_ts, to_row_and_metadata
-from ingest.idempotency import MAX_KEY_LENGTH
+from ingest.idempotency import MAX_KEY_LENGTH, body_hash
 from ingest.scrub import body_may_hold_cards
 from ingest.tally import Tally
 from ingest.writer import Batch, QueueFull, StorageUnavailable
@@ -97,17 +97,23 @@ def _idempotency_key():
     return key
 
 
-def _store_once(sidecar, key, rows, response, tally):
+def _store_once(sidecar, key, body_hash, rows, response, tally):
     try:
-        state, stored = sidecar.idempotency.claim(key)
+        state, stored = sidecar.idempotency.claim(key, body_hash)
     except sqlite3.Error:
         raise _unavailable() from None
     if state == "replay":
         return json_response(orjson.loads(stored), headers={"Idempotent-Replayed": "true"})
+    if state == "mismatch":
+        # As Stripe and the IETF Idempotency-Key draft do: answering the first batch's
+        # acknowledgement would tell the client that this other batch was stored.
+        raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was sent with another body in the "
+                       "last {} h; nothing of this batch was stored: send a new batch with a new key"
+                       .format(round(sidecar.settings["idempotency_ttl_s"] / 3600)))
     if state == "busy":
         raise ApiError(409, "idempotency_key_in_use", "a request with this Idempotency-Key is still "
                        "being processed; retry after it finishes", headers={"Retry-After": "1"})
-    batch = Batch(rows, key, response, tally)
+    batch = Batch(rows, key, response, tally, body_hash)
     try:
         store_batch(sidecar, batch)
     except ApiError as error:
@@ -129,8 +135,8 @@ def _settle_later(sidecar, batch):
         sidecar.idempotency.release(batch.idempotency_key)
 
 
-def _rows_of_request(sidecar):
-    """(rows, rejected, tally) of the request's body. The body and its decoded entries go out of
+def _rows_of_request(sidecar, keyed):
+    """(rows, rejected, tally, the body's hash when `keyed`, else None) of the request's body. The body and its decoded entries go out of
     scope here, before the batch waits for its commit: a 1000-entry batch decodes to about 3 times
     its JSON (9 MB for one of 2.7 MB with stack traces), and each request waiting held them."""
     settings = sidecar.settings
@@ -146,22 +152,22 @@ def _rows_of_request(sidecar):
                        {"max_batch_entries": settings["max_batch_entries"]})
     if not entries:
         raise ApiError(400, "empty_batch", "the body holds no entries")
-    return validate_entries(entries, sidecar, body)
+    return validate_entries(entries, sidecar, body) + (body_hash(body) if keyed else None,)
 
 
 @bp.post("/api/logs")
 def ingest_logs():
     sidecar = current_app.extensions["sidecar"]
     sidecar.tokens.require(bearer_token())
-    rows, rejected, tally = _rows_of_request(sidecar)
+    key = _idempotency_key()  # a bad key is told before the body is read
+    rows, rejected, tally, hashed_body = _rows_of_request(sidecar, key is not None)
     g.log_fields = {"accepted": len(rows), "rejected": len(rejected)}
     if not rows:
         raise ApiError(400, "no_valid_entries", "no entry of the batch is valid; nothing was stored",
                        {"rejected": rejected})
-    key = _idempotency_key()
     response = orjson.dumps({"accepted": len(rows), "rejected": rejected}).decode()
     if key is not None:
-        replay = _store_once(sidecar, key, rows, response, tally)
+        replay = _store_once(sidecar, key, hashed_body, rows, response, tally)
         if replay is not None:
             return replay
     else:

@@ -204,7 +204,8 @@ def test_restore_into_an_empty_dir_gives_the_same_rows_and_error_groups(data_dir
     # Keys left by another store answer for batches the restored one does not hold: they go.
     os.makedirs(target)
     stale = idempotency.connect(target)
-    stale.execute("INSERT INTO idempotency_keys VALUES ('stale', 'done', NULL, ?, '{\"accepted\": 1}')",
+    stale.execute("INSERT INTO idempotency_keys (key, state, owner_pid, created_at, response) "
+                  "VALUES ('stale', 'done', NULL, ?, '{\"accepted\": 1}')",
                   (format_ts(NOW),))
     stale.close()
     report = backup.restore(target, store, Clock(NOW + timedelta(hours=1)))

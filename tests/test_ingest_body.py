@@ -29,6 +29,16 @@ def given_fields(entry):
     (b'{"logs": [{"service": "a", "message": "m"}]}', "application/json", [{"service": "a", "message": "m"}]),
     (b'{"service": "a", "message": "1"}\n\n{"service": "b", "message": "2"}\n', "application/x-ndjson",
      [{"service": "a", "message": "1"}, {"service": "b", "message": "2"}]),
+    # A UTF-8 byte order mark (some Windows tools write one) is skipped, as RFC 8259 allows.
+    (b'\xef\xbb\xbf[{"service": "a", "message": "m"}]', "application/json", [{"service": "a", "message": "m"}]),
+    (b'\xef\xbb\xbf{"service": "a", "message": "m"}\n', "application/x-ndjson", [{"service": "a", "message": "m"}]),
+    # An empty body holds no entries (the API answers 400 empty_batch), in either format.
+    (b'', "application/json", []),
+    (b' \r\n ', "application/json", []),
+    (b'\n\n', "application/x-ndjson", []),
+    # An entry may have an unknown field named "logs": it is an entry, not the wrapper.
+    (b'{"service": "a", "message": "m", "logs": [1]}', "application/json",
+     [{"service": "a", "message": "m", "logs": [1]}]),
 ])
 def test_accepted_shapes(body, content_type, expected):
     assert [given_fields(entry) for entry in parse_entries(body, content_type)] == expected
@@ -40,6 +50,7 @@ def test_accepted_shapes(body, content_type, expected):
     (b'{"m": 1}\n{"m": 2}\n{oops\n', "application/x-ndjson", 400, "invalid_json", {"line": 3}),
     (b'"text"', "application/json", 400, "invalid_body", {}),
     (b'{"logs": 5}', "application/json", 400, "invalid_body", {}),
+    (b'{"logs": [{"service": "a", "message": "m"}], "source": "x"}', "application/json", 400, "invalid_body", {}),
     (b'a=1', "application/x-www-form-urlencoded", 415, "unsupported_media_type", {}),
     (b'{}', None, 415, "unsupported_media_type", {}),
 ])
@@ -92,7 +103,28 @@ def test_uncompressed_body_over_the_cap():
     assert caught.value.status == 413
 
 
+def test_every_member_of_a_gzip_stream_is_read():
+    # `cat a.gz b.gz` is one valid gzip stream (RFC 1952 2.2); gunzip reads both members.
+    body = gzip.compress(b'{"message": "one"}\n') + gzip.compress(b'{"message": "two"}\n')
+    assert decompress(body, "gzip", 10_000) == b'{"message": "one"}\n{"message": "two"}\n'
+    assert decompress(body + b"\0" * 512, "gzip", 10_000).count(b"message") == 2  # tar-style padding
+
+
+def test_the_cap_counts_every_gzip_member():
+    body = gzip.compress(b"x" * 600) + gzip.compress(b"y" * 600)
+    with pytest.raises(BodyError) as caught:
+        decompress(body, "gzip", 1000)
+    assert caught.value.status == 413
+
+
+def test_raw_deflate_is_read_as_well_as_zlib():
+    data = b'{"message": "hello"}' * 100
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    assert decompress(raw.compress(data) + raw.flush(), "deflate", 10_000) == data
+
+
 @pytest.mark.parametrize("body, encoding, status, code", [
+    (gzip.compress(b"x" * 100) + b"trailing junk", "gzip", 400, "invalid_encoding"),
     (b"not gzip at all", "gzip", 400, "invalid_encoding"),
     (gzip.compress(b"x" * 1000)[:-12], "gzip", 400, "invalid_encoding"),
     (b"data", "zstd", 415, "unsupported_encoding"),

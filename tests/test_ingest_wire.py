@@ -27,17 +27,18 @@ def nested(depth):
 # Values of the right JSON type, good and bad: the fast decoder takes them, and the value
 # checks after it must judge them as the reference way does.
 WELL_TYPED = {
-    "service": ["api", "billing", "ünïcode", ""],
+    "service": ["api", "billing", "ünïcode", "", "  "],
     "message": ["hello", "user 42 failed after 3 retries", "card 4111 1111 1111 1111 on file",
                 "x" * 300, "", "quote \" backslash \\ newline \n tab \t emoji 😀"],
-    "level": [MISSING, "info", "WARNING", "Fatal", "err", "loud", ""],
+    "level": [MISSING, None, "info", "WARNING", "Fatal", "err", "loud", ""],
     "timestamp": [MISSING, None, "2026-01-10T10:00:00.000Z", "2026-01-10T10:00:00Z",
                   "2026-01-10T12:00:00+02:00", "2026-01-10T10:00:00", "yesterday", "2026-01-20T00:00:00.000Z",
-                  1768039200, 1768039200.5, 1768039200123, 1768039200123456789, 1e30, -5],
+                  1768039200, 1768039200.5, 1768039200123, 1768039200123456789, 1e30, -5,
+                  "0001-01-01T00:00:00+01:00", "2024-W18-3T12:00:00.000Z", "2026-01-10t10:00:00.000z"],
     "metadata": [MISSING, None, {}, {"route": "/a/{id}", "duration_ms": 12.5, "status": 500},
                  {"password": "hunter2", "n": 1}, {"outer": {"api_key": "k", "list": [1, {"token": "t"}]}},
                  {"deep": nested(25)}, {"big": "y" * 300, "more": "z" * 50}, {"n": -0.0, "f": 1e-7, "t": True},
-                 {"note": "card 5500-0000-0000-0004"}],
+                 {"note": "card 5500-0000-0000-0004"}, {"_sidecar": "mine", "fingerprint": "meta", "_extra": 1}],
     "trace_id": [MISSING, None, "4bf92f3577b34da6a3ce929d0e0e4736", ""],
     "span_id": [MISSING, None, "00f067aa0ba902b7"],
     "user_id": [MISSING, None, "u-1", 42, 1.5, 0],
@@ -52,7 +53,7 @@ WELL_TYPED = {
 # Values of a type the schema does not allow, and top-level fields it does not know: the
 # fast decoder declines the whole body, and the reference way names the entry.
 ILL_TYPED = {
-    "service": [3, None], "message": [5, None], "level": [3, None], "timestamp": [True, [1]],
+    "service": [3, None], "message": [5, None], "level": [3, True], "timestamp": [True, [1]],
     "metadata": [[1, 2], "x"], "trace_id": [123], "user_id": [True, [1]],
     "host": [{"a": 1}],
     "fingerprint": ["abc", [1]], "pid": [7], "request_id": ["top-level"],
@@ -139,12 +140,13 @@ def test_the_fast_decoder_declines_what_it_does_not_take_whole(body):
                                     b"18446744073709551616", b"18446744073709551615", b"-9223372036854775808"])
 def test_integers_past_64_bits_are_stored_as_the_reference_way_reads_them(number):
     body = (b'[{"service": "a", "message": "m", "level": "error", "metadata": {"n": [' + number + b']}, '
-            b'"exception": {"type": "E", "value": ' + number + b'}}]')
+            b'"exception": {"type": "E", "value": ' + number + b'}, "user_id": ' + number + b'}]')
     fast, reference = wire.decode_json(body), orjson.loads(body)
     assert type(fast[0]) is wire.WireEntry
     assert outcomes(fast, Limits()) == outcomes(reference, Limits())
     (row, metadata), = outcomes(fast, Limits())
     assert orjson.loads(row[11]) == reference[0]["metadata"] and orjson.loads(row[12]) == reference[0]["exception"]
+    assert row[7] == str(reference[0]["user_id"])
 
 
 @pytest.mark.parametrize("depth", [30, 300, 600, 900, 1000, 1100])

@@ -68,6 +68,12 @@ def test_no_valid_entry_is_400_and_stores_nothing(client, data_dir):
     ({"data": b"xx", "headers": {"Content-Encoding": "gzip"}}, 400, "invalid_encoding"),
     ({"data": b"{}", "headers": {"Content-Encoding": "compress"}}, 415, "unsupported_encoding"),
     ({"payload": entry(1), "headers": {"Idempotency-Key": "k" * 300}}, 400, "invalid_idempotency_key"),
+    # The key is judged before the body: a bad key is named even when no entry is valid.
+    ({"payload": [{"no": "service"}], "headers": {"Idempotency-Key": "k" * 300}}, 400, "invalid_idempotency_key"),
+    ({"data": b""}, 400, "empty_batch"),
+    ({"data": b"\n \n", "content_type": "application/x-ndjson"}, 400, "empty_batch"),
+    ({"data": gzip.compress(orjson.dumps(entry(1))) + b"junk", "headers": {"Content-Encoding": "gzip"}},
+     400, "invalid_encoding"),
 ])
 def test_bad_requests(client, data_dir, kwargs, status, code):
     assert_error(post(client, **kwargs), status, code)
@@ -134,6 +140,53 @@ def test_idempotency_key_stores_once(client, data_dir):
     assert len(stored_rows(data_dir)) == 2
     assert post(client, [entry(2)], headers={"Idempotency-Key": "batch-2"}).status_code == 200
     assert len(stored_rows(data_dir)) == 3
+
+
+def test_every_member_of_a_gzip_body_is_stored(client, data_dir):
+    # What `cat a.gz b.gz` or a client appending compressed chunks sends: one gzip stream of two members.
+    body = gzip.compress(orjson.dumps(entry(0)) + b"\n") + gzip.compress(orjson.dumps(entry(1)) + b"\n")
+    response = post(client, data=body, content_type="application/x-ndjson", headers={"Content-Encoding": "gzip"})
+    assert response.get_json() == {"accepted": 2, "rejected": []}
+    assert [row["message"] for row in stored_rows(data_dir)] == ["entry 0", "entry 1"]
+
+
+def test_idempotency_key_with_another_body_is_422_and_stores_nothing(client, data_dir):
+    headers = {"Idempotency-Key": "batch-1"}
+    assert post(client, [entry(0)], headers=headers).status_code == 200
+    error = assert_error(post(client, [entry(1), entry(2)], headers=headers), 422, "idempotency_key_reused")
+    assert "another body" in error["message"]
+    # The body is compared decompressed: the same batch gzipped is a retry, not another batch.
+    again = post(client, data=gzip.compress(orjson.dumps([entry(0)])), headers=dict(headers, **{"Content-Encoding": "gzip"}))
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert [row["message"] for row in stored_rows(data_dir)] == ["entry 0"]
+
+
+def test_keys_recorded_before_body_hashes_still_replay(data_dir):
+    """Segments and key files of an earlier version have no body_hash column: the head gets one
+    when it is opened again, and a key recorded without a hash is answered as before."""
+    from sidecar import create_app
+    app = create_app({"data_dir": data_dir, "ingest_tokens": [TOKEN]})
+    first = post(app.test_client(), [entry(0)], headers={"Idempotency-Key": "old"})
+    head = app.extensions["sidecar"].writer.head.path
+    app.extensions["sidecar"].close()
+    for path, table in ((head, "batches"), (os.path.join(data_dir, "idempotency.db"), "idempotency_keys")):
+        con = sqlite3.connect(path)
+        con.execute("ALTER TABLE {} DROP COLUMN body_hash".format(table))
+        con.commit()
+        con.close()
+    app = create_app({"data_dir": data_dir, "ingest_tokens": [TOKEN]})
+    retried = post(app.test_client(), [entry(0)], headers={"Idempotency-Key": "old"})
+    new = post(app.test_client(), [entry(1)], headers={"Idempotency-Key": "new"})
+    reused = post(app.test_client(), [entry(2)], headers={"Idempotency-Key": "new"})
+    app.extensions["sidecar"].close()
+    assert first.status_code == retried.status_code == new.status_code == 200
+    assert retried.headers["Idempotent-Replayed"] == "true"
+    assert reused.status_code == 422
+    assert [row["message"] for row in stored_rows(data_dir)] == ["entry 0", "entry 1"]
+    con = sqlite3.connect(head)
+    assert con.execute("SELECT idempotency_key, body_hash IS NOT NULL FROM batches ORDER BY 1").fetchall() == [
+        ("new", 1), ("old", 0)]
+    con.close()
 
 
 def test_idempotency_key_of_a_failed_batch_can_be_retried(client, data_dir):
