@@ -14,7 +14,7 @@ except SettingsError as _error:
 # in the environment before any worker imports prometheus_client.
 from sidecar import metrics_dir  # noqa: E402
 
-metrics_dir.prepare(_settings["data_dir"])
+_metrics_path = metrics_dir.prepare(_settings["data_dir"])
 
 bind = "{}:{}".format(_settings["host"], _settings["port"])
 workers = _settings["workers"]
@@ -151,6 +151,12 @@ def _tune_gc():
     import gc
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def on_exit(server):
+    # The counts live in shared memory (sidecar/metrics_dir.py): give it back. A master killed
+    # with -9 leaves them to the next start on the same data directory.
+    metrics_dir.remove(_metrics_path)
 
 
 def child_exit(server, worker):

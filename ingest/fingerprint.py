@@ -81,8 +81,13 @@ class Fingerprinter:
                     for service in {service for service, _ in dirty}
                     for cid, template, size in self.miners[service].clusters() if (service, cid) in dirty]
         from .catalog import immediate
-        with immediate(meta):
-            meta.executemany("INSERT OR REPLACE INTO templates VALUES (?, ?, ?, ?, ?)", rows)
+        try:
+            with immediate(meta):
+                meta.executemany("INSERT OR REPLACE INTO templates VALUES (?, ?, ?, ?, ?)", rows)
+        except BaseException:
+            with self._lock:  # not saved (disk full, ...): saved with the next call instead
+                self.dirty |= dirty
+            raise
 
     def template_id(self, service, text):
         with self._lock:

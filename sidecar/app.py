@@ -1,7 +1,9 @@
 """The sidecar app: the `Sidecar` object (settings, writer, tracker, jobs) and `create_app()`."""
 import atexit
+import logging
 import dataclasses
 import os
+import sqlite3
 import time
 
 from flask import Flask, g, request
@@ -20,6 +22,8 @@ from .dependencies import DependencyMonitor
 from .auth import ReaderAuth, TokenChecker
 from .settings import is_loopback, level_days, load_settings
 from .token_files import ADMIN_TOKEN_FILE, SESSION_SECRET_FILE, ensure_dev_token
+
+log = logging.getLogger("sidecar.app")
 
 
 class Sidecar:
@@ -81,8 +85,14 @@ class Sidecar:
         return self
 
     def save_templates(self):
+        """Save the message templates learned since the last call; a failure (meta.db's disk
+        full) keeps them for the next call and does not fail the request: its batch then gets
+        the writer's own answer (503 storage_unavailable when the segments' disk is full too)."""
         if self.fingerprinter.dirty:
-            self.fingerprinter.save(catalog.connect_meta_cached(self.data_dir), format_ts(self.clock()))
+            try:
+                self.fingerprinter.save(catalog.connect_meta_cached(self.data_dir), format_ts(self.clock()))
+            except sqlite3.Error as error:
+                log.warning("saving message templates failed, kept for the next batch: %s", error)
 
     def close(self):
         if not self._closed:

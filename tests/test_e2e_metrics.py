@@ -11,6 +11,8 @@ from test_sidecar_metrics import value
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar import metrics_dir
+
 
 def scrape(server):
     response = requests.get(server.url + "/metrics", timeout=10)  # a new connection: any worker may answer
@@ -63,9 +65,10 @@ def test_two_workers_are_summed_on_every_scrape(live_server, data_dir):
         assert value(samples, "sidecar_segments", state="head") == 2
         health = requests.get(server.url + "/api/health", timeout=10).json()["status"]
         assert value(samples, "sidecar_health_status") == {"healthy": 0, "degraded": 1, "unhealthy": 2}[health]
-    multiproc = os.path.join(data_dir, "prometheus", str(server.proc.pid))
+    multiproc = os.path.join(metrics_dir.base_dir(data_dir), str(server.proc.pid))
     assert os.path.isdir(multiproc)
     server.stop()  # each worker adds its own request latencies to meta.db as it exits
+    assert not os.path.exists(multiproc)  # the master gives the shared memory back as it stops
     meta = sqlite3.connect(os.path.join(data_dir, "meta.db"))
     counts = dict(meta.execute("SELECT route, sum(count) FROM latency_minute_totals WHERE service = 'sidecar' "
                                "GROUP BY route").fetchall())

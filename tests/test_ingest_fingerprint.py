@@ -96,6 +96,28 @@ def test_state_survives_a_restart(data_dir):
     assert [resumed("api", "error", message) for message in messages] == before
 
 
+def test_templates_not_saved_are_kept_for_the_next_save(data_dir):
+    import os
+    import sqlite3
+    from ingest import catalog, groups
+    meta = catalog.connect_meta(data_dir)
+    catalog.ensure_schema(meta)
+    groups.ensure_schema(meta)
+    meta.close()
+    fingerprinter = Fingerprinter()
+    fingerprinter("api", "error", "Job 7 failed on worker 2")
+    # A read-only connection fails the write as a full disk does.
+    read_only = sqlite3.connect("file:{}?mode=ro".format(os.path.join(data_dir, "meta.db")), uri=True)
+    with pytest.raises(sqlite3.OperationalError):
+        fingerprinter.save(read_only, "2026-01-01T00:00:00.000Z")
+    read_only.close()
+    assert fingerprinter.dirty
+    meta = catalog.connect_meta(data_dir)
+    fingerprinter.save(meta, "2026-01-01T00:00:01.000Z")
+    assert not fingerprinter.dirty
+    assert meta.execute("SELECT count(*) FROM templates").fetchone()[0] == 1
+
+
 def test_command_line():
     lines = [{"service": "s", "level": "error", "message": "Disk /dev/sda{} is {}% full".format(i, 90 + i)}
              for i in range(3)] + [{"service": "s", "level": "info", "message": "hello"}, {"broken": True}]

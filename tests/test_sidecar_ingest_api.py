@@ -295,3 +295,19 @@ def test_health_shape(client):
     for resource in ("memory", "disk"):
         assert set(body["services"][resource]) >= {"status", "used", "limit", "percent"}
     assert "/" not in body["services"]["database"]["message"]  # no file paths
+
+
+def test_a_template_save_that_fails_does_not_fail_the_batch(app, client, data_dir, monkeypatch):
+    """meta.db refusing the write (its disk full) is no reason to fail a batch that the
+    segments can take: it is stored, and the templates are saved with a later batch."""
+    from sidecar import app as app_module
+    read_only = sqlite3.connect("file:{}?mode=ro".format(os.path.join(data_dir, "meta.db")), uri=True)
+    monkeypatch.setattr(app_module.catalog, "connect_meta_cached", lambda data_dir: read_only)
+    response = post(client, [entry(0, level="error", message="Job 7 failed on worker 2")])
+    assert response.status_code == 200
+    assert app.extensions["sidecar"].fingerprinter.dirty  # kept for the next save
+    monkeypatch.undo()
+    read_only.close()
+    assert post(client, [entry(1)]).status_code == 200
+    assert not app.extensions["sidecar"].fingerprinter.dirty
+    assert [row["message"] for row in stored_rows(data_dir)] == ["Job 7 failed on worker 2", "entry 1"]

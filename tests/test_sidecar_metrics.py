@@ -1,4 +1,5 @@
 """GET /metrics, parsed with prometheus_client's own parser; the sidecar's own request latencies."""
+import hashlib
 import os
 import subprocess
 import sys
@@ -162,7 +163,10 @@ def test_gunicorn_conf_chooses_multiprocess_mode_before_prometheus_client_is_imp
                             timeout=60)
     assert result.returncode == 0, result.stderr
     path = result.stdout.strip()
-    assert os.path.dirname(path) == os.path.join(data_dir, "prometheus") and os.path.isdir(path)
+    from sidecar import metrics_dir
+    assert os.path.dirname(path) == metrics_dir.base_dir(data_dir) and os.path.isdir(path)
+    assert path.startswith(metrics_dir.SHM_ROOT)  # off the data disk
+    metrics_dir.remove(path)
 
 
 def test_gunicorn_master_stays_without_flask(tmp_path):
@@ -185,17 +189,24 @@ def test_gunicorn_master_stays_without_flask(tmp_path):
     assert result.stdout.strip() == "[]"
 
 
-def test_metrics_dir_is_fresh_per_start_and_drops_dead_servers(tmp_path, monkeypatch):
+@pytest.mark.parametrize("shm", [True, False], ids=["in shared memory", "in the data dir"])
+def test_metrics_dir_is_fresh_per_start_and_drops_dead_servers(tmp_path, monkeypatch, shm):
     from sidecar import metrics_dir
     monkeypatch.delenv(metrics_dir.ENV, raising=False)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    base = tmp_path / "prometheus"
+    shm_root = tmp_path / "shm" if shm else None
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    base = data_dir / "prometheus"
+    if shm:  # off the data disk: a full disk must not SIGBUS the workers' mapped pages
+        shm_root.mkdir()
+        base = shm_root / ("sidecar-metrics-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:16])
     (base / str(dead.pid)).mkdir(parents=True)
     (base / str(os.getppid())).mkdir()  # a server still running: kept
     (base / str(os.getpid())).mkdir()
     (base / str(os.getpid()) / "counter_1.db").write_bytes(b"old")
-    path = metrics_dir.prepare(str(tmp_path))
+    path = metrics_dir.prepare(str(data_dir), shm_root=str(shm_root) if shm else None)
     assert os.environ[metrics_dir.ENV] == path == str(base / str(os.getpid()))
     assert os.listdir(path) == []
     assert sorted(os.listdir(base)) == sorted([str(os.getpid()), str(os.getppid())])
