@@ -53,7 +53,7 @@ SETTINGS = (
     Setting("max_metadata_bytes", 64 * 1024, "Larger metadata (as JSON) is truncated and flagged in `metadata._sidecar.truncated`.", int),
     Setting("max_metadata_depth", 20, "Entries whose metadata nests deeper are rejected.", int),
     Setting("max_future_s", 7 * 86400, "Entries timestamped further than this in the future are rejected.", int),
-    Setting("segment_max_bytes", 256 * MiB, "The head segment rotates once its file passes this size (and at every UTC midnight). The size is looked at each time about 1/32 of this has been written (8 MiB at the default), so a segment may end up to that much past it.", int),
+    Setting("segment_max_bytes", 256 * MiB, "The head segment rotates once its file and its WAL together pass this size (and at every UTC midnight). The size is looked at each time about 1/32 of this has been written (8 MiB at the default), so it may pass by up to that much; once closed, with its WAL folded in, a segment is often smaller than this (by up to the 32 MiB the WAL may hold).", int),
     Setting("queue_max_entries", 50_000, "Entries waiting for the writer before ingest answers 429 (each costs about 1 KiB of memory while it waits).", int),
     Setting("commit_max_entries", 1000, "The writer adds waiting batches to one transaction (group commit) up to this many entries; a bigger batch is committed alone.", int),
     Setting("synchronous", "full", "SQLite `synchronous` mode of segments: `full` (a 2xx survives power loss) or `normal` (a 2xx survives a crash of the process, not of the machine).", str),
