@@ -49,25 +49,18 @@ class Limits:
 def _from_epoch(number):
     # Magnitude tells the unit: seconds until the year 5138, then ms, µs, ns.
     magnitude = abs(number)
-    if magnitude < 1e11:
-        seconds = number
-    elif magnitude < 1e14:
-        seconds = number / 1e3
-    elif magnitude < 1e17:
-        seconds = number / 1e6
-    else:
-        seconds = number / 1e9
     try:
+        if magnitude < 1e11:
+            seconds = number
+        elif magnitude < 1e14:
+            seconds = number / 1e3
+        elif magnitude < 1e17:
+            seconds = number / 1e6
+        else:
+            seconds = number / 1e9  # OverflowError for an integer of over 308 digits
         return datetime.fromtimestamp(seconds, timezone.utc)
     except (OverflowError, OSError, ValueError):
-        raise EntryError("timestamp {!r} is out of range".format(number)) from None
-
-
-def _from_epoch_checked(number):
-    try:
-        return _from_epoch(number)
-    except OverflowError:  # an integer too large for a float (over 308 digits)
-        raise EntryError("timestamp of {} digits is out of range".format(len(str(abs(number))))) from None
+        raise EntryError("timestamp {} is out of range".format(repr(number)[:64])) from None
 
 
 def parse_timestamp(value):
@@ -83,7 +76,7 @@ def parse_timestamp(value):
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value != value:
             raise EntryError("timestamp must not be NaN")
-        return _from_epoch_checked(value)
+        return _from_epoch(value)
     raise EntryError("timestamp must be an RFC 3339 string or a number, got {}".format(type(value).__name__))
 
 
