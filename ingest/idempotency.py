@@ -49,8 +49,7 @@ def body_hash(body):
 
 def _ensure_table(con):
     con.execute(KEYS_TABLE)
-    if "body_hash" not in {row[1] for row in con.execute("PRAGMA table_info(idempotency_keys)")}:
-        con.execute("ALTER TABLE idempotency_keys ADD COLUMN body_hash TEXT")  # a file of an earlier version
+    segments.add_missing_column(con, "idempotency_keys", "body_hash", "TEXT")  # a file of an earlier version
 
 
 def connect(data_dir):
@@ -106,8 +105,8 @@ def _reconcile(keys, meta, data_dir, cutoff):
 def _recent_batches(path, cutoff):
     con = sqlite3.connect("file:{}?mode=ro".format(path), uri=True)
     try:
-        columns = {row[1] for row in con.execute("PRAGMA table_info(batches)")}
-        body_hash_column = "body_hash" if "body_hash" in columns else "NULL"  # a segment of an earlier version
+        # NULL for a segment of an earlier version, closed before the column existed.
+        body_hash_column = "body_hash" if "body_hash" in segments.column_names(con, "batches") else "NULL"
         return con.execute("SELECT idempotency_key, received_at, response, {} FROM batches WHERE received_at >= ?"
                            .format(body_hash_column), (cutoff,)).fetchall()
     finally:

@@ -143,17 +143,21 @@ def open_for_writing(path, synchronous="full", cache_bytes=8 * 1024 * 1024):
     con.execute("PRAGMA journal_size_limit={}".format(64 * 1024 * 1024))
     con.execute("PRAGMA busy_timeout=30000")
     con.executescript(schema.SEGMENT_TABLES + schema.SEGMENT_INDEXES)
-    _add_batches_body_hash(con)
+    add_missing_column(con, "batches", "body_hash", "TEXT")  # a head created by an earlier version
     con.executescript(schema.WRITE_BATCH_OBJECTS)
     for statement in schema.FTS_TUNING:
         con.execute(statement)
     return con
 
 
-def _add_batches_body_hash(con):
-    # A head created by an earlier version: its batches table predates the body_hash column.
-    if "body_hash" not in {row[1] for row in con.execute("PRAGMA table_info(batches)")}:
-        con.execute("ALTER TABLE batches ADD COLUMN body_hash TEXT")
+def column_names(con, table):
+    return {row[1] for row in con.execute("PRAGMA table_info({})".format(table))}
+
+
+def add_missing_column(con, table, column, declaration):
+    """Add `column` to a `table` made by an earlier version, which lacks it."""
+    if column not in column_names(con, table):
+        con.execute("ALTER TABLE {} ADD COLUMN {} {}".format(table, column, declaration))
 
 
 def read_stats(con):

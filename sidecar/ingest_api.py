@@ -97,9 +97,9 @@ def _idempotency_key():
     return key
 
 
-def _store_once(sidecar, key, body_hash, rows, response, tally):
+def _store_once(sidecar, key, hashed_body, rows, response, tally):
     try:
-        state, stored = sidecar.idempotency.claim(key, body_hash)
+        state, stored = sidecar.idempotency.claim(key, hashed_body)
     except sqlite3.Error:
         raise _unavailable() from None
     if state == "replay":
@@ -113,7 +113,7 @@ def _store_once(sidecar, key, body_hash, rows, response, tally):
     if state == "busy":
         raise ApiError(409, "idempotency_key_in_use", "a request with this Idempotency-Key is still "
                        "being processed; retry after it finishes", headers={"Retry-After": "1"})
-    batch = Batch(rows, key, response, tally, body_hash)
+    batch = Batch(rows, key, response, tally, hashed_body)
     try:
         store_batch(sidecar, batch)
     except ApiError as error:
@@ -136,9 +136,10 @@ def _settle_later(sidecar, batch):
 
 
 def _rows_of_request(sidecar, keyed):
-    """(rows, rejected, tally, the body's hash when `keyed`, else None) of the request's body. The body and its decoded entries go out of
-    scope here, before the batch waits for its commit: a 1000-entry batch decodes to about 3 times
-    its JSON (9 MB for one of 2.7 MB with stack traces), and each request waiting held them."""
+    """(rows, rejected, tally, the body's hash when `keyed`, else None) of the request's body.
+    The body and its decoded entries go out of scope here, before the batch waits for its
+    commit: a 1000-entry batch decodes to about 3 times its JSON (9 MB for one of 2.7 MB with
+    stack traces), and each request waiting held them."""
     settings = sidecar.settings
     try:
         body = decompress(read_body(settings["max_body_bytes"]), request.headers.get("Content-Encoding"),
