@@ -40,7 +40,8 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
 from .body import BodyError, load_json
-from .entries import LEVEL_ALIASES, EntryError, format_ts, keep_displaced
+from .entries import LEVEL_ALIASES, EntryError, format_ts
+from .metadata import keep_displaced
 
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
 JSON_TYPES = ("application/json",)
