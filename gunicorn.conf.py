@@ -63,7 +63,12 @@ def when_ready(server):
                              "SIDECAR_INGEST_TOKENS\n".format(host))
             server.halt(reason="no ingest tokens on a public address", exit_status=2)
     from sidecar.banner import print_banner
-    print_banner(_settings, [str(listener) for listener in server.LISTENERS])
+    try:
+        print_banner(_settings, [str(listener) for listener in server.LISTENERS])  # writes the dev tokens
+    except OSError as error:  # a new store on a full or read-only disk: no worker could start either
+        sys.stderr.write("sidecar: cannot write to the data directory {}: {}\n".format(
+            _settings["data_dir"], error.strerror or error))
+        server.halt(reason="data directory not writable", exit_status=1)
 
 
 def post_fork(server, worker):

@@ -9,6 +9,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import threading
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -39,6 +40,34 @@ class Head:
     def stats(self):
         return {"row_count": self.row_count, "min_ts": self.min_ts, "max_ts": self.max_ts}
 
+    def delete(self, ids, service):
+        """Delete the entries `ids` of `service` (and their FTS5 rows); return how many there were.
+        Only the writer thread may call this: it owns the head."""
+        con, found = self.con, []
+        try:
+            con.execute("BEGIN")
+            for entry_id in ids:
+                row = con.execute("SELECT id, message, trace_id, ts FROM logs WHERE id = ? AND service = ?",
+                                  (entry_id, service)).fetchone()
+                if row is not None:
+                    found.append(row)
+            if found:
+                con.executemany("INSERT INTO logs_fts(logs_fts, rowid, message, trace_id) VALUES ('delete', ?, ?, ?)",
+                                [row[:3] for row in found])
+                con.executemany("DELETE FROM logs WHERE id = ?", [(row[0],) for row in found])
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        if found:
+            if segments.max_id(con) < self.last_id:
+                self.ids_explicit = True
+            self.row_count -= len(found)
+            self.min_ts = con.execute("SELECT min(ts) FROM logs").fetchone()[0]
+            self.max_ts = con.execute("SELECT max(ts) FROM logs").fetchone()[0]
+        return len(found)
+
 
 @contextmanager
 def startup_lock(data_dir):
@@ -54,7 +83,11 @@ def startup_lock(data_dir):
 def _open_head(data_dir, name, lock, settings):
     path = os.path.join(segments.segments_dir(data_dir), name)
     con = segments.open_for_writing(path, settings["synchronous"], settings["cache_bytes"])
-    return Head(name, path, con, lock, segments.read_stats(con))
+    try:
+        return Head(name, path, con, lock, segments.read_stats(con))
+    except BaseException:
+        con.close()
+        raise
 
 
 def create_head(data_dir, meta, settings, now):
@@ -89,6 +122,27 @@ def close_segment(data_dir, head, closed_at):
         meta.close()
 
 
+# A rotated-out head is closed by a thread of its own at this nice value (close_in_background).
+CLOSER_NICENESS = 10
+
+
+# How long a closer waits for the checkpointer to let go of the old head (a checkpoint under
+# way); past it, finishing the segment retries leaving WAL mode (segments.finish).
+CHECKPOINTER_RELEASE_TIMEOUT_S = 5
+
+
+def close_in_background(data_dir, head, closed_at, checkpointer_released):
+    # Building a closed segment's indexes takes seconds of CPU; at a lower priority it takes
+    # the cores the writer and request threads leave idle instead of delaying their requests
+    # (the p99 of bench/ingest.py). Linux gives each thread its own nice value.
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CLOSER_NICENESS)
+    except (AttributeError, OSError):
+        pass
+    checkpointer_released.wait(CHECKPOINTER_RELEASE_TIMEOUT_S)
+    close_segment(data_dir, head, closed_at)
+
+
 def _close_orphan(data_dir, meta, name, lock, now_text):
     path = os.path.join(segments.segments_dir(data_dir), name)
     stats = segments.repair(path)
@@ -103,27 +157,38 @@ def _close_orphan(data_dir, meta, name, lock, now_text):
 
 
 def recover_and_open_head(data_dir, meta, settings, now):
-    """Repair what dead processes left, then return this process's head segment."""
+    """Repair what dead processes left, then return this process's head segment.
+
+    On failure (a full disk fails the repairs' writes) nothing is left held: every step is one
+    transaction or repeats harmlessly, so the writer calls this again later (writer.py)."""
     now_text, today = format_ts(now), now.strftime("%Y-%m-%d")
+    held, head = [], None
     with startup_lock(data_dir):
-        catalog.ensure_schema(meta)
-        segments.remove_unfinished(segments.segments_dir(data_dir))
-        catalog.sync_with_files(meta, data_dir, now_text)
-        head = None
-        for name in catalog.open_segments(meta):
-            path = os.path.join(segments.segments_dir(data_dir), name)
-            lock = segments.SegmentLock(path)
-            if not lock.acquire():
-                continue  # a live process writes it
-            adoptable = (head is None and name.startswith("logs-" + today)
-                         and segments.file_bytes(path) < settings["segment_max_bytes"])
-            if adoptable:
-                head = _open_head(data_dir, name, lock, settings)
-                catalog.update_stats(meta, name, head.stats(), segments.file_bytes(path), now_text)
-            else:
-                _close_orphan(data_dir, meta, name, lock, now_text)
-        cutoff = format_ts(now - timedelta(seconds=settings["idempotency_ttl_s"]))
-        idempotency.reconcile(meta, data_dir, cutoff)
-        if head is None:
-            head = create_head(data_dir, meta, settings, now)
+        try:
+            catalog.ensure_schema(meta)
+            segments.remove_unfinished(segments.segments_dir(data_dir))
+            catalog.sync_with_files(meta, data_dir, now_text)
+            for name in catalog.open_segments(meta):
+                path = os.path.join(segments.segments_dir(data_dir), name)
+                lock = segments.SegmentLock(path)
+                if not lock.acquire():
+                    continue  # a live process writes it
+                held.append(lock)
+                adoptable = (head is None and name.startswith("logs-" + today)
+                             and segments.file_bytes(path) < settings["segment_max_bytes"])
+                if adoptable:
+                    head = _open_head(data_dir, name, lock, settings)
+                    catalog.update_stats(meta, name, head.stats(), segments.file_bytes(path), now_text)
+                else:
+                    _close_orphan(data_dir, meta, name, lock, now_text)
+            cutoff = format_ts(now - timedelta(seconds=settings["idempotency_ttl_s"]))
+            idempotency.reconcile(meta, data_dir, cutoff)
+            if head is None:
+                head = create_head(data_dir, meta, settings, now)
+        except BaseException:
+            if head is not None:
+                head.con.close()
+            for lock in held:
+                lock.release()  # a no-op for the orphans already closed
+            raise
     return head

@@ -130,6 +130,15 @@ def create(path):
 def open_for_writing(path, synchronous="full", cache_bytes=8 * 1024 * 1024):
     """Open (creating if needed) a segment for the one writer thread."""
     con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        _prepare_for_writing(con, synchronous, cache_bytes)
+    except BaseException:  # a full disk fails the schema's writes: no connection left behind
+        con.close()
+        raise
+    return con
+
+
+def _prepare_for_writing(con, synchronous, cache_bytes):
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous={}".format(synchronous.upper()))
     con.execute("PRAGMA cache_size=-{}".format(max(cache_bytes // 1024, 2000)))
@@ -147,7 +156,6 @@ def open_for_writing(path, synchronous="full", cache_bytes=8 * 1024 * 1024):
     con.executescript(schema.WRITE_BATCH_OBJECTS)
     for statement in schema.FTS_TUNING:
         con.execute(statement)
-    return con
 
 
 def column_names(con, table):

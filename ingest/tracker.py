@@ -34,6 +34,7 @@ import threading
 import time
 
 from . import catalog
+from .failure_log import FailureLog
 from .groups import error_rows, fold_backlog, fold_range, wake_expired_ignores, watermark
 from .tally import Tally
 
@@ -92,6 +93,7 @@ class GroupTracker:
         self._flush_requested = False
         self._thread = threading.Thread(target=self._run, name="sidecar-groups", daemon=True)
         self._last_wake_check = None
+        self._fold_failures = FailureLog(log)
 
     def start(self, catch_up=()):
         """Start folding; the segments `catch_up` (groups.prepare) are read back first."""
@@ -178,9 +180,11 @@ class GroupTracker:
                 try:
                     self._fold_segment(meta, name, pending[name], now_text)
                 except sqlite3.Error as error:
-                    log.error("folding %s into error groups: %s", name, error)
+                    self._fold_failures.failed("folding %s into error groups: %s; tried again every second", name, error)
                     failed = True
                     self.notify(name)  # read it back from the segment next round (not at once)
+            if pending and not failed:
+                self._fold_failures.succeeded("folding into error groups works again")
             if now_text[:16] != self._last_wake_check:
                 self._last_wake_check = now_text[:16]
                 try:

@@ -21,6 +21,7 @@ import orjson
 
 from . import catalog, recovery, schema, segments
 from .entries import format_ts
+from .failure_log import FailureLog
 from .tally import Tally
 
 log = logging.getLogger("sidecar.writer")
@@ -34,6 +35,10 @@ SIZE_CHECK_SHARE = 32
 # every request queued behind the writer would wait as long. A busy catalog is tried again after
 # the next commit; after this many intervals without a refresh, the writer waits for it.
 CATALOG_WAIT_AFTER_INTERVALS = 10
+# A writer without a head (the disk was full or unwritable at start-up) tries recovery again at
+# most this often, whether a batch asks for it or not: ingest recovers by itself when space
+# returns, and a stream of batches on a full disk logs one failure a second, not one a batch.
+HEAD_RETRY_INTERVAL_S = 1.0
 
 
 class QueueFull(Exception):
@@ -82,26 +87,6 @@ class _Call:
         self.error = None
 
 
-CLOSER_NICENESS = 10
-
-
-# How long a closer waits for the checkpointer to let go of the old head (a checkpoint under
-# way); past it, finishing the segment retries leaving WAL mode (segments.finish).
-CHECKPOINTER_RELEASE_TIMEOUT_S = 5
-
-
-def _close_in_background(data_dir, head, closed_at, checkpointer_released):
-    # Building a closed segment's indexes takes seconds of CPU; at a lower priority it takes
-    # the cores the writer and request threads leave idle instead of delaying their requests
-    # (the p99 of bench/ingest.py). Linux gives each thread its own nice value.
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CLOSER_NICENESS)
-    except (AttributeError, OSError):
-        pass
-    checkpointer_released.wait(CHECKPOINTER_RELEASE_TIMEOUT_S)
-    recovery.close_segment(data_dir, head, closed_at)
-
-
 class Writer:
     def __init__(self, data_dir, settings, clock=utc_now, on_commit=None):
         self.data_dir = data_dir
@@ -127,6 +112,8 @@ class Writer:
         self._unchecked_bytes = 0  # written since the file sizes were last looked at
         self._head_full = False  # the head has passed segment_max_bytes: rotate before the next write
         self._checkpointer = None
+        self._head_tried = None  # time.monotonic() of the last attempt to open a head
+        self._head_failures = FailureLog(log)
 
     # -- life cycle -------------------------------------------------------
     def start(self):
@@ -134,14 +121,42 @@ class Writer:
         self.meta = catalog.connect_meta(self.data_dir)
         self._meta_nowait = catalog.connect_meta(self.data_dir)
         self._meta_nowait.execute("PRAGMA busy_timeout=0")
-        self.head = recovery.recover_and_open_head(self.data_dir, self.meta, self.settings, self.clock())
-        self._catalog_updated = time.monotonic()  # recovery has just written the head's row
-        self._keep_ids_past_watermark(self.head)
-        self._head_full = segments.file_bytes(self.head.path) >= self.settings["segment_max_bytes"]
-        self._checkpointer = segments.Checkpointer().start(self.head.path)
+        # A process must start on a full disk too: gunicorn gives up on the whole server when a
+        # worker fails to boot, and reads and health have to keep answering.
+        self._open_head()
         self._thread = threading.Thread(target=self._run, name="sidecar-writer", daemon=True)
         self._thread.start()
         return self
+
+    def _open_head(self):
+        """Recover what dead processes left and take a head; on a full or unwritable disk stay
+        without one (ingest answers 503) and return False. Runs at start and then on the writer
+        thread only."""
+        self._head_tried = time.monotonic()
+        try:
+            head = recovery.recover_and_open_head(self.data_dir, self.meta, self.settings, self.clock())
+        except (sqlite3.Error, OSError) as error:
+            self.unavailable_reason = "no head segment could be opened: {}".format(error)
+            self._head_failures.failed("%s; ingest answers 503, tried again every %g s",
+                                       self.unavailable_reason, HEAD_RETRY_INTERVAL_S)
+            return False
+        self._catalog_updated = time.monotonic()  # recovery has just written the head's row
+        self._keep_ids_past_watermark(head)
+        self._head_full = segments.file_bytes(head.path) >= self.settings["segment_max_bytes"]
+        if self._checkpointer is None:
+            self._checkpointer = segments.Checkpointer().start(head.path)
+        else:
+            self._checkpointer.follow(head.path)
+        self.head = head
+        self._head_failures.succeeded("ingest is back: head segment %s opened", head.name)
+        self.unavailable_reason = None
+        return True
+
+    def _head_or_unavailable(self):
+        if self.head is None:
+            if time.monotonic() - self._head_tried < HEAD_RETRY_INTERVAL_S or not self._open_head():
+                raise StorageUnavailable(self.unavailable_reason)
+        return self.head
 
     def stop(self, timeout=30):
         """Commit what is queued, then release the head (it stays open for the next start)."""
@@ -198,7 +213,9 @@ class Writer:
         def delete(head):
             if head.name != segment:
                 return None
-            return self._delete_from_head(head, ids, service)
+            deleted = head.delete(ids, service)
+            self._catalog_dirty = self._catalog_dirty or deleted > 0
+            return deleted
 
         return self.call(delete, timeout)
 
@@ -242,6 +259,8 @@ class Writer:
             if batches:
                 self._write_and_wake(batches)
             self._run_calls()
+            if self.head is None and time.monotonic() - self._head_tried >= HEAD_RETRY_INTERVAL_S:
+                self._open_head()
             if not batches:
                 with self._cond:
                     if self._stopping and not self._pending and not self._calls:
@@ -255,7 +274,7 @@ class Writer:
                     return
                 item = self._calls.popleft()
             try:
-                item.result = item.fn(self.head)
+                item.result = item.fn(self._head_or_unavailable())
             except BaseException as error:  # handed to the caller, raised there
                 item.error = error
             item.done.set()
@@ -264,6 +283,9 @@ class Writer:
         try:
             self._write(batches)
             self.unavailable_reason = None
+        except StorageUnavailable as failure:  # no head: already logged
+            for batch in batches:
+                batch.error = failure
         except (sqlite3.Error, OSError) as error:
             self.unavailable_reason = str(error)
             log.error("write failed: %s", error)
@@ -288,6 +310,7 @@ class Writer:
 
     def _write(self, batches):
         started = time.perf_counter()
+        self._head_or_unavailable()
         self._rotate_if_needed()
         head = self.head
         rows = [row for batch in batches for row in batch.rows]
@@ -318,34 +341,6 @@ class Writer:
         if self.observe_commit is not None:
             self.observe_commit(self.last_commit_ms / 1000, len(rows), self._pending_entries)
 
-    def _delete_from_head(self, head, ids, service):
-        con = head.con
-        found = []
-        try:
-            con.execute("BEGIN")
-            for entry_id in ids:
-                row = con.execute("SELECT id, message, trace_id, ts FROM logs WHERE id = ? AND service = ?",
-                                  (entry_id, service)).fetchone()
-                if row is not None:
-                    found.append(row)
-            if found:
-                con.executemany("INSERT INTO logs_fts(logs_fts, rowid, message, trace_id) VALUES ('delete', ?, ?, ?)",
-                                [row[:3] for row in found])
-                con.executemany("DELETE FROM logs WHERE id = ?", [(row[0],) for row in found])
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        if found:
-            if segments.max_id(con) < head.last_id:
-                head.ids_explicit = True
-            head.row_count -= len(found)
-            head.min_ts = con.execute("SELECT min(ts) FROM logs").fetchone()[0]
-            head.max_ts = con.execute("SELECT max(ts) FROM logs").fetchone()[0]
-            self._catalog_dirty = True
-        return len(found)
-
     def _keep_ids_past_watermark(self, head):
         """Never hand out an id the error-group tracker has already folded (the newest rows of the
         head may have been deleted before this process started)."""
@@ -368,7 +363,7 @@ class Writer:
         self.head = new_head
         self._head_full = False
         checkpointer_released = self._checkpointer.follow(new_head.path)
-        closer = threading.Thread(target=_close_in_background, name="sidecar-closer",
+        closer = threading.Thread(target=recovery.close_in_background, name="sidecar-closer",
                                   args=(self.data_dir, head, format_ts(now), checkpointer_released))
         closer.start()
         self._closers = [c for c in self._closers if c.is_alive()] + [closer]
@@ -376,7 +371,7 @@ class Writer:
     def _update_catalog(self, force=False):
         interval = self.settings["catalog_update_interval_ms"] / 1000
         since_update = time.monotonic() - self._catalog_updated
-        if not self._catalog_dirty or (not force and since_update < interval):
+        if not self._catalog_dirty or self.head is None or (not force and since_update < interval):
             return
         wait = force or since_update >= interval * CATALOG_WAIT_AFTER_INTERVALS
         head = self.head

@@ -128,6 +128,35 @@ class LiveServer:
 
 
 @pytest.fixture
+def tiny_disk(tmp_path):
+    """A 16 MiB tmpfs: a data disk that really fills up (ENOSPC for every process on it, unlike
+    RLIMIT_FSIZE, which also fails the writes a full data disk leaves alone, /dev/shm's)."""
+    path = tmp_path / "tiny"
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN): " + mounted.stderr.strip())
+    try:
+        yield str(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_disk(directory):
+    """Write a file in `directory` until its filesystem is full; return the file's path."""
+    path = os.path.join(directory, "filler")
+    with open(path, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    return path
+
+
+@pytest.fixture
 def live_server(data_dir, tmp_path):
     """Factory: live_server(**settings) starts gunicorn on `data_dir`; all are stopped at teardown."""
     servers = []

@@ -3,6 +3,7 @@ import gzip
 import itertools
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -12,7 +13,8 @@ import orjson
 import pytest
 import requests
 
-from conftest import ROOT, TOKEN, catalog_rows, entry, free_port, stored_rows, with_queue_filled
+from conftest import (ROOT, TOKEN, LiveServer, catalog_rows, entry, fill_disk, free_port, stored_rows,
+                      with_queue_filled)
 
 
 def test_json_ndjson_gzip_and_partial_acceptance(live_server, data_dir):
@@ -151,6 +153,61 @@ def test_disk_full_is_503_and_recovers(live_server, data_dir):
     assert requests.get(server.url + "/api/health", timeout=10).json()["status"] != "unhealthy"
     messages = {row["message"] for row in stored_rows(data_dir, "message")}
     assert messages == {"entry {}".format(i) for i in itertools.chain(range(100), range(200, 310))}
+
+
+def wait_for_new_worker(server, old_pids, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pids = [pid for pid in server.worker_pids() if pid not in old_pids]
+        if pids:
+            return pids[0]
+        time.sleep(0.05)
+    raise AssertionError("gunicorn started no new worker: " + server.output()[-2000:])
+
+
+def test_worker_restarted_on_a_full_disk_serves_reads_and_recovers(tiny_disk, tmp_path):
+    data_dir = os.path.join(tiny_disk, "data")
+    os.mkdir(data_dir)
+    server = LiveServer(data_dir, tmp_path).start()
+    try:
+        assert server.post([entry(i) for i in range(100)]).status_code == 200
+        filler = fill_disk(tiny_disk)
+        [worker] = server.worker_pids()
+        os.kill(worker, signal.SIGKILL)  # gunicorn starts another, which must boot on the full disk
+        wait_for_new_worker(server, [worker])
+        server.wait_ready()
+        response = server.post([entry(i) for i in range(100, 110)])
+        assert response.status_code == 503 and response.json()["error"]["code"] == "storage_unavailable"
+        assert "Retry-After" in response.headers
+        health = requests.get(server.url + "/api/health", timeout=10).json()
+        assert health["services"]["database"]["status"] == "unhealthy"
+        hits = requests.get(server.url + "/api/logs/search", params={"q": "entry", "limit": 500}, timeout=10)
+        assert hits.status_code == 200 and len(hits.json()["hits"]) == 100
+        os.remove(filler)  # space is back: ingest recovers without a restart
+        deadline, status = time.time() + 10, None
+        while time.time() < deadline and status != 200:
+            status = server.post([entry(i) for i in range(100, 110)]).status_code
+            time.sleep(0.2 if status != 200 else 0)
+        assert status == 200 and server.proc.poll() is None
+        health = requests.get(server.url + "/api/health", timeout=10).json()
+        assert health["services"]["database"]["status"] == "healthy"
+        output = server.output()
+        assert output.count("no head segment could be opened") == 1  # then one line a minute
+        assert output.count("into error groups: ") <= 1
+    finally:
+        server.stop()
+    assert {row["message"] for row in stored_rows(data_dir, "message")} == {"entry {}".format(i) for i in range(110)}
+
+
+def test_an_empty_store_on_a_full_disk_refuses_to_start_with_a_clear_message(tiny_disk, tmp_path):
+    fill_disk(tiny_disk)
+    server = LiveServer(os.path.join(tiny_disk, "data"), tmp_path).start(wait=False)
+    try:
+        assert server.proc.wait(30) == 1
+    finally:
+        server.stop()
+    assert "sidecar: cannot write to the data directory {}: No space left on device".format(
+        os.path.join(tiny_disk, "data")) in server.output()
 
 
 def test_several_workers_share_nothing_and_lose_nothing(live_server, data_dir):

@@ -9,7 +9,7 @@ import pytest
 
 from ingest import catalog, schema, segments
 from ingest.entries import Limits, format_ts, to_row
-from ingest.writer import Batch, QueueFull, Writer
+from ingest.writer import Batch, QueueFull, StorageUnavailable, Writer
 from sidecar.settings import load_settings
 
 from conftest import catalog_rows, segment_files, stored_rows, wait_until
@@ -326,6 +326,25 @@ def test_a_failed_rotation_leaves_no_name_behind(make_writer, data_dir, clock):
     assert writer.unavailable_reason is None
     assert [row["name"] for row in catalog_rows(data_dir)][:len(names)] == names
     assert len(stored_rows(data_dir)) == 400 + 100 * (3 - failures)
+
+
+def test_a_writer_that_cannot_open_a_head_starts_and_opens_one_later(make_writer, data_dir, clock):
+    os.makedirs(os.path.join(data_dir, "segments"))
+    # Something in the way of the first segment's lock file, as a full disk would be of its writes.
+    blocker = os.path.join(data_dir, "segments", "logs-2026-03-01-0001.db.lock")
+    os.mkdir(blocker)
+    writer = make_writer()
+    assert writer.head is None and "no head segment could be opened" in writer.unavailable_reason
+    batch = writer.submit(Batch(make_rows(2, clock)))
+    assert batch.done.wait(10) and isinstance(batch.error, StorageUnavailable)
+    with pytest.raises(StorageUnavailable):
+        writer.delete_entries("logs-2026-03-01-0001.db", [1], "api")
+    assert catalog_rows(data_dir) == [] and segment_files(data_dir) == []  # nothing half made
+    os.rmdir(blocker)
+    assert wait_until(lambda: writer.head is not None, timeout=5)  # by itself, with no batch asking
+    assert writer.unavailable_reason is None
+    write(writer, make_rows(3, clock))
+    assert [row["message"] for row in stored_rows(data_dir)] == ["m0", "m1", "m2"]
 
 
 def test_write_failure_is_reported_and_recovers(make_writer, data_dir, clock):
