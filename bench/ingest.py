@@ -3,6 +3,7 @@
     .venv/bin/python bench/ingest.py            # 100k and 1M entries (several minutes)
     .venv/bin/python bench/ingest.py --quick    # 100k only
     .venv/bin/python bench/ingest.py --keys     # an Idempotency-Key a batch, as the client handler
+    .venv/bin/python bench/ingest.py --free-text-errors   # errors whose messages no template gathers
 
 Prints one table: events/s and MB/s per run (batch size, client threads,
 entries), p50/p99 request latency and the latency floor (clients x batch /
@@ -128,6 +129,8 @@ def main():
                         help="a sidecar setting for the server, e.g. --server workers=2 (repeatable)")
     parser.add_argument("--errors", action="store_true",
                         help="every entry an error with a 20-frame stack trace (an error storm)")
+    parser.add_argument("--free-text-errors", action="store_true",
+                        help="a tail of free-text words on each error's message (thousands of templates)")
     parser.add_argument("--keys", action="store_true",
                         help="an Idempotency-Key on every batch, as the client handler sends")
     args = parser.parse_args()
@@ -135,12 +138,15 @@ def main():
     batches = [int(b) for b in args.batches.split(",")]
     client_counts = [int(c) for c in args.clients.split(",")]
     server_settings = dict(item.split("=", 1) for item in args.server)
-    print("SQLite {}, Python {}, {} cores, server settings: {}{}".format(
+    print("SQLite {}, Python {}, {} cores, server settings: {}{}{}".format(
         sqlite3.sqlite_version, sys.version.split()[0], os.cpu_count(), server_settings or "defaults",
-        ", an Idempotency-Key a batch" if args.keys else ""))
+        ", an Idempotency-Key a batch" if args.keys else "",
+        ", free-text error messages" if args.free_text_errors else ""))
     rows = []
     for size in sizes:
         generated = workload.entries(size, seed=7)
+        if args.free_text_errors:
+            generated = workload.free_text_errors(generated)
         encoded = [orjson.dumps(e) for e in (workload.error_storm(generated) if args.errors else generated)]
         mean_bytes = sum(map(len, encoded)) / size
         megabytes = sum(map(len, encoded)) / 1e6

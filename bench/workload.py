@@ -122,3 +122,14 @@ def error_storm(entries_, seed=42, frames=20):
                            for depth in range(frames)]}
         yield entry
 
+
+def free_text_errors(entries_, seed=43):
+    """The same entries, each error's message followed by a few words of free text (what an
+    app that puts a user's input or an upstream's reply in its error messages sends): messages
+    no template gathers, so every service's template miner fills up with thousands."""
+    rng = random.Random(seed)
+    for entry in entries_:
+        if entry["level"] in ("error", "critical"):
+            tail = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8)))
+            entry["message"] = (entry["message"] + ": " + tail)[:160]
+        yield entry

@@ -77,9 +77,10 @@ class Fingerprinter:
             if not self.dirty:
                 return
             dirty, self.dirty = self.dirty, set()
-            rows = [(service, cid, template, size, now_text)
-                    for service in {service for service, _ in dirty}
-                    for cid, template, size in self.miners[service].clusters() if (service, cid) in dirty]
+            # Only the changed clusters: building every row of every service to pick them out
+            # cost each batch with a new template O(all templates), a fifth of a worker's CPU
+            # once free-text errors had made thousands (bench/ingest.py --free-text-errors).
+            rows = [(service,) + self.miners[service].cluster(cid) + (now_text,) for service, cid in dirty]
         from .catalog import immediate
         try:
             with immediate(meta):

@@ -118,6 +118,28 @@ def test_templates_not_saved_are_kept_for_the_next_save(data_dir):
     assert meta.execute("SELECT count(*) FROM templates").fetchone()[0] == 1
 
 
+def test_a_save_writes_the_changed_templates_only(data_dir):
+    from ingest import catalog, groups
+    meta = catalog.connect_meta(data_dir)
+    catalog.ensure_schema(meta)
+    groups.ensure_schema(meta)
+    fingerprinter = Fingerprinter()
+    shapes = ["".join(chr(97 + (n // 26 ** i) % 26) for i in range(3)) for n in range(300)]  # aaa, baa, ...
+    for service in ("api", "worker"):
+        for shape in shapes:
+            fingerprinter(service, "error", "{} failed on the primary database host".format(shape))
+    fingerprinter.save(meta, "2026-01-01T00:00:00.000Z")
+    assert meta.execute("SELECT count(*) FROM templates").fetchone()[0] == 600
+    fingerprinter("worker", "error", "faa failed on the primary database replica")  # generalises one
+    fingerprinter("api", "error", "a new message entirely")
+    fingerprinter.save(meta, "2026-01-01T00:00:01.000Z")
+    saved = [tuple(row) for row in meta.execute(
+        "SELECT service, template, size FROM templates WHERE updated_at = ? ORDER BY service",
+        ("2026-01-01T00:00:01.000Z",))]
+    assert saved == [("api", "a new message entirely", 1), ("worker", "faa failed on the primary database <*>", 2)]
+    assert meta.execute("SELECT count(*) FROM templates").fetchone()[0] == 601
+
+
 def test_command_line():
     lines = [{"service": "s", "level": "error", "message": "Disk /dev/sda{} is {}% full".format(i, 90 + i)}
              for i in range(3)] + [{"service": "s", "level": "info", "message": "hello"}, {"broken": True}]

@@ -240,3 +240,53 @@ def test_what_is_remembered_is_bounded():
     for value in ("c3", "d4", "e5", "f6", "g7", "h8"):
         assert miner.add("job 3 state " + value) == (miner.add("job 1 state a1")[0], False)
         assert 0 < len(miner._joined) <= 3
+
+
+def _free_text_messages(count, seed=21):
+    """Error messages with a tail of free text, as an app that logs a user's input sends:
+    they fill their buckets with templates that share the beginning and little else."""
+    rng = random.Random(seed)
+    words = "order payment cache retry token queue shard replica invoice upload index user".split()
+    heads = ["Failed to parse payload from client {}", "Upstream {} refused the request", "Job {} aborted"]
+    return [rng.choice(heads).format(rng.randint(1, 999)) + ": " +
+            " ".join(rng.choice(words) for _ in range(rng.randint(1, 6))) for _ in range(count)]
+
+
+class _ComparingEveryTemplate(TemplateMiner):
+    """The reference: _match as it was before the shortcut, every candidate compared token by token."""
+
+    def _match(self, tokens):
+        from ingest import templates
+        count, first = templates._key(tokens)
+        candidates = self._index.get((count, first), [])
+        if first != templates.WILDCARD:
+            candidates = candidates + self._index.get((count, templates.WILDCARD), [])
+        best, best_score = None, (-1.0, 0)
+        for cluster in candidates:
+            score = templates._similarity(cluster.tokens, tokens)
+            if score > best_score or (score == best_score and cluster.id < best.id):
+                best, best_score = cluster, score
+        return None if best is None or best_score[0] < self.threshold else best
+
+
+def test_the_shortcut_skips_only_templates_that_could_not_be_joined(monkeypatch):
+    from ingest import templates
+    comparisons = collections.Counter()
+    similarity = templates._similarity
+
+    def counted(template, tokens):
+        comparisons[counting] += 1
+        return similarity(template, tokens)
+    monkeypatch.setattr(templates, "_similarity", counted)
+    stream = (_free_text_messages(4000) + [message for message, _ in synthetic_stream(seed=6)]
+              + _fuzz_messages(3000, seed=14))
+    random.Random(3).shuffle(stream)
+    fast, reference = TemplateMiner(), _ComparingEveryTemplate()
+    for message in stream:
+        counting = "reference"
+        expected = reference.add(message)
+        counting = "fast"
+        assert fast.add(message) == expected, message
+    assert fast.clusters() == reference.clusters()  # templates and sizes
+    assert len(fast.clusters()) > 1000  # the free text made thousands of templates
+    assert comparisons["fast"] * 2 < comparisons["reference"]
