@@ -23,7 +23,7 @@ TEMPLATES = [
     "User {u} updated {w} settings; {n} fields changed, {w2} notification queued",
     "Job {j} of type {w} picked by worker-{a} with priority {n} and payload {w2}",
     "Slow query on {w} table took {d} ms, rows scanned {n}, plan uses {w2} index",
-    # Longer ones, so that lengths spread over 60-160 characters (about 110 on average).
+    # Longer ones, so that lengths spread over 60-160 characters (103 on average).
     "Rendered {w} page for user {u} in {d} ms (template {w2}.html, {n2} queries, cache hit ratio 0.{a})",
     "Deadline exceeded calling {w}.{w2}Service/Get after {d} ms (timeout {d2} ms) for user {u} on shard {a}",
     "Received webhook {j} from {w} provider with {n2} events; signature verified, {a} duplicates dropped, "

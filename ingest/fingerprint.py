@@ -78,7 +78,7 @@ class Fingerprinter:
                 return
             dirty, self.dirty = self.dirty, set()
             # Only the changed clusters: building every row of every service to pick them out
-            # cost each batch with a new template O(all templates), a fifth of a worker's CPU
+            # cost each batch with a new template O(all templates): 15% of a worker's samples
             # once free-text errors had made thousands (bench/ingest.py --free-text-errors).
             rows = [(service,) + self.miners[service].cluster(cid) + (now_text,) for service, cid in dirty]
         from .catalog import immediate
