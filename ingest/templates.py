@@ -224,12 +224,17 @@ class TemplateMiner:
             miner._insert(_Cluster(cid, template.split(), size))
         return miner
 
-    def _match(self, tokens):
+    def _candidates(self, tokens):
+        """The templates a message is compared with: its token count and first word."""
         count, first = _key(tokens)
         candidates = self._index.get((count, first), [])
         if first != WILDCARD:
             # Templates whose first token turned out to be a value.
             candidates = candidates + self._index.get((count, WILDCARD), [])
+        return candidates
+
+    def _match(self, tokens):
+        candidates = self._candidates(tokens)
         best, best_score = None, (-1.0, 0)
         threshold = self.threshold
         # An exact shortcut, counted in C. Against `probe`, equal positions are those

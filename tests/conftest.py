@@ -136,6 +136,8 @@ def tiny_disk(tmp_path):
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
+        # Reason: only root can mount the tiny filesystem (CI runs as root); elsewhere the
+        # full-disk tests cannot make a disk that really fills.
         pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN): " + mounted.stderr.strip())
     try:
         yield str(path)

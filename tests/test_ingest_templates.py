@@ -257,12 +257,8 @@ class _ComparingEveryTemplate(TemplateMiner):
 
     def _match(self, tokens):
         from ingest import templates
-        count, first = templates._key(tokens)
-        candidates = self._index.get((count, first), [])
-        if first != templates.WILDCARD:
-            candidates = candidates + self._index.get((count, templates.WILDCARD), [])
         best, best_score = None, (-1.0, 0)
-        for cluster in candidates:
+        for cluster in self._candidates(tokens):
             score = templates._similarity(cluster.tokens, tokens)
             if score > best_score or (score == best_score and cluster.id < best.id):
                 best, best_score = cluster, score
